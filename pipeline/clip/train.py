@@ -1,0 +1,67 @@
+"""Train the tiny CLIP on views of the synthetic world with a multi-label image-text objective.
+
+Every concept prompt is scored against every view by a sigmoid of (scale * cosine + bias), as in
+SigLIP, with the view's visibility of that concept as the (soft) target: each visible object and
+background is a positive for its own prompt, so several concepts can be present at once.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.clip.model import FrozenClip
+from pipeline.clip.views import ScenePool, sample_views
+
+
+def multilabel_loss(clip: FrozenClip, images: torch.Tensor, text_features: torch.Tensor, targets: torch.Tensor):
+    image_features = clip.encode_images(images)
+    model = clip.model
+    logits = model.logit_scale.exp() * image_features @ text_features.T + model.logit_bias
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def train_tiny_clip(
+    clip: FrozenClip,
+    pool: ScenePool,
+    prompts: list[str],
+    train,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Optimise `clip.model` in place for `train.steps` steps; returns the loss per step."""
+    torch.manual_seed(train.seed)
+    rng = np.random.default_rng(train.seed)
+    model = clip.model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=train.lr
+    )
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine to zero
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    tokens = clip.tokenizer(prompts)
+    losses = []
+    for step in tqdm(range(train.steps), desc="train tiny CLIP", unit="step", mininterval=5):
+        images, targets = sample_views(pool, train.batch_size, rng)
+        text_features = F.normalize(model.encode_text(tokens), dim=-1)
+        loss = multilabel_loss(clip, images, text_features, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses

@@ -1,0 +1,92 @@
+"""Parquet manifests: one row per image; every later stage reads these and never globs.
+
+Paths are stored relative to the manifest's folder when they lie below it (so a rendered
+dataset can move), absolute otherwise (an external dataset root).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import UserError
+
+SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("image_path", pa.string()),
+        ("label_path", pa.string()),  # null where there is no pixel ground truth
+        ("class_ids", pa.list_(pa.int16())),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("background_path", pa.string()),  # synthetic world only: background kind per pixel
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str
+    image_path: Path
+    label_path: Optional[Path]
+    class_ids: tuple[int, ...]
+    height: int
+    width: int
+    background_path: Optional[Path] = None
+
+
+def _relative(path: Optional[Path], base: Path) -> Optional[str]:
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def write_manifest(path: str | Path, records: list[ImageRecord], base: str | Path | None = None) -> None:
+    """Write records; `base` is the folder the manifest will finally live in (default: its own)."""
+    path = Path(path)
+    base = Path(base) if base is not None else path.parent
+    columns = {
+        "image_id": [r.image_id for r in records],
+        "image_path": [_relative(r.image_path, base) for r in records],
+        "label_path": [_relative(r.label_path, base) for r in records],
+        "class_ids": [list(r.class_ids) for r in records],
+        "height": [r.height for r in records],
+        "width": [r.width for r in records],
+        "background_path": [_relative(r.background_path, base) for r in records],
+    }
+    pq.write_table(pa.table(columns, schema=SCHEMA), path)
+
+
+def read_manifest(path: str | Path) -> list[ImageRecord]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: manifest not found (run the prepare_data stage first)")
+    table = pq.read_table(path)
+    missing = set(SCHEMA.names) - set(table.column_names)
+    if missing:
+        raise UserError(f"{path}: manifest lacks columns {sorted(missing)}")
+    base = path.parent
+
+    def resolve(value: Optional[str]) -> Optional[Path]:
+        return None if value is None else Path(os.path.join(base, value))
+
+    return [
+        ImageRecord(
+            image_id=row["image_id"],
+            image_path=resolve(row["image_path"]),
+            label_path=resolve(row["label_path"]),
+            class_ids=tuple(row["class_ids"]),
+            height=row["height"],
+            width=row["width"],
+            background_path=resolve(row["background_path"]),
+        )
+        for row in table.to_pylist()
+    ]

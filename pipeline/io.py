@@ -1,0 +1,75 @@
+"""Atomic file writing: a killed stage never leaves a half-written file or folder behind."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary name beside `path`; it becomes `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a folder under a temporary name and swap it in whole when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (class c's colour from the bits of c), 255 -> cream (ignore)."""
+    palette = []
+    for c in range(256):
+        r = g = b = 0
+        for shift in range(8):
+            r |= ((c >> 0) & 1) << (7 - shift)
+            g |= ((c >> 1) & 1) << (7 - shift)
+            b |= ((c >> 2) & 1) << (7 - shift)
+            c >>= 3
+        palette += [r, g, b]
+    palette[255 * 3 : 256 * 3] = [224, 224, 192]
+    return palette
+
+
+def save_label_png(path: str | Path, label: np.ndarray) -> None:
+    """An indexed PNG with the VOC palette: pixel value = class id, 255 = ignore."""
+    image = Image.fromarray(label.astype(np.uint8), mode="P")
+    image.putpalette(voc_palette())
+    image.save(path)
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """RGB rendering of a label map with the VOC palette."""
+    return np.asarray(voc_palette(), np.uint8).reshape(256, 3)[label]

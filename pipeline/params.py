@@ -1,0 +1,218 @@
+"""The typed schema of params.yaml, checked at the start of every stage.
+
+params.yaml is composed from conf/ (DVC's Hydra integration); this schema is what the code
+relies on. Every model forbids unknown keys and is strict about types, so a typo or a string
+where a number belongs stops a stage with one line naming the key, before anything is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import UserError
+
+PARAMS_FILE = "params.yaml"
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- dataset
+class ObjectClass(Section):
+    name: str  # the object kind, also its prompt name
+    context: str  # the background it usually sits on
+
+
+class SyntheticDataset(Section):
+    """The rendered world (pipeline.data.synthetic)."""
+
+    name: Literal["synthetic"]
+    seed: NonNegativeInt
+    image_size: Annotated[int, Field(ge=32, le=512)]
+    num_train: PositiveInt
+    num_val: PositiveInt
+    min_objects: PositiveInt
+    max_objects: PositiveInt
+    cooccurrence: Probability
+    distractor: Probability
+    classes: list[ObjectClass] = Field(min_length=2)
+    backgrounds: list[str] = Field(min_length=2)
+    prompt_template: str
+    background_prompts: Optional[list[str]]  # None: the background kinds' names
+    preview_count: Annotated[int, Field(ge=1, le=64)]
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) is larger than max_objects ({self.max_objects})")
+        if "{}" not in self.prompt_template:
+            raise ValueError("prompt_template needs a '{}' for the class name")
+        from pipeline.data.synthetic import WorldSpec
+
+        WorldSpec(
+            self.image_size,
+            tuple(c.name for c in self.classes),
+            tuple(c.context for c in self.classes),
+            tuple(self.backgrounds),
+        )
+        return self
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def background_prompt_names(self) -> list[str]:
+        return list(self.background_prompts or self.backgrounds)
+
+
+Dataset = SyntheticDataset
+
+
+# --------------------------------------------------------------------------- clip
+class VisionTower(Section):
+    image_size: Annotated[int, Field(ge=16)]
+    patch_size: PositiveInt
+    width: PositiveInt
+    layers: PositiveInt
+    head_width: PositiveInt
+
+    @model_validator(mode="after")
+    def _divisible(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.head_width:
+            raise ValueError(f"width {self.width} is not a multiple of head_width {self.head_width}")
+        return self
+
+
+class TextTower(Section):
+    context_length: Annotated[int, Field(ge=8)]
+    width: PositiveInt
+    heads: PositiveInt
+    layers: PositiveInt
+
+
+class TinyClipArchitecture(Section):
+    embed_dim: PositiveInt
+    vision: VisionTower
+    text: TextTower
+
+
+class TinyClipTraining(Section):
+    seed: NonNegativeInt
+    steps: NonNegativeInt  # 0 keeps the random initialisation (a plumbing check)
+    batch_size: PositiveInt
+    lr: PositiveFloat
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    warmup_steps: NonNegativeInt
+    pool_size: PositiveInt  # scenes rendered once and viewed many ways
+    cooccurrence: Probability  # how often the CLIP's own renders show the context
+    eval_scenes: PositiveInt  # held-out renders for the zero-shot report
+
+
+class TinyClip(Section):
+    """A small open_clip model trained here on renders of the synthetic world."""
+
+    source: Literal["tiny"]
+    model_name: str
+    architecture: TinyClipArchitecture
+    train: TinyClipTraining
+
+
+class PretrainedClip(Section):
+    """An open_clip architecture with weights from a local file (nothing is downloaded)."""
+
+    source: Literal["pretrained"]
+    model_name: str  # an open_clip architecture, e.g. ViT-B-32
+    weights: str  # path to the open_clip checkpoint file
+    eval_scenes: PositiveInt  # held-out renders for the zero-shot report (synthetic world only)
+
+
+Clip = Annotated[Union[TinyClip, PretrainedClip], Field(discriminator="source")]
+
+
+# --------------------------------------------------------------------------- tracking
+class Tracking(Section):
+    uri: Optional[str]  # None: sqlite:///<repo>/mlflow.db, or $MLFLOW_TRACKING_URI when set
+    experiment: str
+
+
+class Params(Section):
+    dataset: Dataset
+    clip: Clip
+    tracking: Tracking
+
+
+# --------------------------------------------------------------------------- loading
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "literal_error": None,
+}
+
+
+def _key_path(raw, loc: tuple) -> str:
+    """The error's location as keys of the file: drops pydantic's union tags and validator names."""
+    keys, node = [], raw
+    for n, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif n < len(loc) - 1:  # a tag such as 'tiny' in clip.tiny.train.lr
+            continue
+        keys.append(f"[{part}]" if isinstance(part, int) else str(part))
+    return ".".join(keys).replace(".[", "[")
+
+
+def _describe(error: dict, raw) -> str:
+    location = _key_path(raw, error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{location}: unknown key"
+    if kind == "missing":
+        return f"{location}: missing key"
+    if kind == "union_tag_invalid":
+        return f"{location}: {error['msg']}"
+    if _EXPECTED.get(kind):
+        return f"{location}: expected {_EXPECTED[kind]}, got {error['input']!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{location}: {message}" if location else message
+
+
+def validate(raw: dict, source: str = PARAMS_FILE) -> Params:
+    """Check raw params against the schema; the first problem becomes one UserError line."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise UserError(f"{source}: {_describe(errors[0], raw)}{more}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such params file (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    return validate(raw, str(path))

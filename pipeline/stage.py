@@ -1,0 +1,18 @@
+"""What every stage does around its work: validate params first, turn user errors into one line."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from pipeline.errors import UserError
+from pipeline.params import Params, load_params
+
+
+def run_stage(work: Callable[[Params], None]) -> None:
+    """Run `work(params)`; bad params or bad input exit with status 2 and one line on stderr."""
+    try:
+        params = load_params()
+        work(params)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,135 @@
+"""MLflow tracking shared by every stage: one parent run per pipeline run, one child per stage.
+
+Stages run as separate processes under `dvc repro`, so they find their common parent by a
+key: $CLIMS_PIPELINE_RUN when set, otherwise a hash of what defines the run (git commit, the
+uncommitted diff of tracked files, params.yaml and the DVC experiment name). The store is a
+SQLite file in the repository unless params or $MLFLOW_TRACKING_URI name another.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from pipeline.params import PARAMS_FILE
+
+PIPELINE_KEY_TAG = "clims.pipeline_key"
+DB_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def repo_root() -> Path:
+    return Path(_git("rev-parse", "--show-toplevel").strip() or os.getcwd()).resolve()
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{repo_root() / DB_FILE}"
+
+
+def pipeline_key() -> str:
+    if os.environ.get("CLIMS_PIPELINE_RUN"):
+        return os.environ["CLIMS_PIPELINE_RUN"]
+    digest = hashlib.sha256()
+    digest.update(_git("rev-parse", "HEAD").encode())
+    digest.update(_git("diff", "HEAD", "--", ".", ":(exclude)dvc.lock").encode())
+    params = Path(PARAMS_FILE)
+    digest.update(params.read_bytes() if params.is_file() else b"")
+    digest.update(os.environ.get("DVC_EXP_NAME", "").encode())
+    return digest.hexdigest()[:16]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params -> {'a.b.c': 'value'} for MLflow (lists kept as one value)."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+class StageRun:
+    """The MLflow child run of one stage."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_image(self, image: np.ndarray, name: str) -> None:
+        self.client.log_image(self.run_id, image, artifact_file=name)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = (repo_root() / ARTIFACT_DIR).as_uri()
+    return client.create_experiment(name, artifact_location=artifacts)
+
+
+def _parent_run_id(client, experiment_id: str, key: str, tags: dict[str, str]) -> str:
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    name = os.environ.get("DVC_EXP_NAME") or f"pipeline-{key[:8]}"
+    return client.create_run(experiment_id, run_name=name, tags={PIPELINE_KEY_TAG: key, **tags}).info.run_id
+
+
+@contextmanager
+def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRun]:
+    """Open the stage's child run under the pipeline's parent; log the given params sections."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(params.tracking.uri))
+    experiment_id = _experiment_id(client, params.tracking.experiment)
+    commit = _git("rev-parse", "HEAD").strip()
+    tags = {"git.commit": commit or "unknown", "dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace")}
+    if _git("status", "--porcelain", "--untracked-files=no").strip():
+        tags["git.dirty"] = "true"
+    parent = _parent_run_id(client, experiment_id, pipeline_key(), tags)
+    run = client.create_run(
+        experiment_id, run_name=stage, tags={"mlflow.parentRunId": parent, "clims.stage": stage, **tags}
+    )
+    from mlflow.entities import Param
+
+    dumped = params.model_dump()
+    flat = flatten({section: dumped[section] for section in sections})
+    items = [Param(k, v) for k, v in flat.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=items[start : start + 100])
+    try:
+        yield StageRun(client, run.info.run_id)
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_terminated(parent, "FINISHED")

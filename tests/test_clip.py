@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.clip import model as clip_model
+from pipeline.clip.views import visibility_targets
+from pipeline.errors import UserError
+from pipeline.params import TinyClipArchitecture
+
+SMALL = TinyClipArchitecture.model_validate(
+    {
+        "embed_dim": 32,
+        "vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+        "text": {"context_length": 16, "width": 32, "heads": 2, "layers": 1},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def small_clip():
+    torch.manual_seed(0)
+    return clip_model.wrap(clip_model.freeze(clip_model.build_tiny("test-small", SMALL)), "test-small")
+
+
+def test_visibility_targets_hand_computed():
+    concepts = torch.zeros(1, 2, 4, 4)  # one object class, one background kind
+    concepts[0, 0, :2, :2] = 1  # 4 object pixels
+    concepts[0, 1] = 1 - concepts[0, 0]  # 12 background pixels
+    view = concepts.clone()
+    view[0, 0, 0, :] = 0  # half the object hidden
+    view[0, 1, 2:, :] = 0  # 8 of the 12 background pixels hidden
+    targets = visibility_targets(concepts, view, torch.tensor([1.0]), num_classes=1, background_ref=0.5)
+    torch.testing.assert_close(targets, torch.tensor([[2 / 4, 4 / 8]]))
+    # A zoomed view counts pixels of the original image: a 2x zoom covers a quarter of the area.
+    zoomed = visibility_targets(concepts, view * 4, torch.tensor([0.25]), num_classes=1, background_ref=0.5)
+    torch.testing.assert_close(zoomed, targets)
+
+
+def test_masking_is_in_pixel_space_and_differentiable(small_clip):
+    images = torch.rand(2, 3, 32, 32)
+    black = small_clip.encode_images(torch.zeros(2, 3, 32, 32))
+    torch.testing.assert_close(small_clip.encode_images(images, torch.zeros(2, 1, 32, 32)), black)
+    masks = torch.full((2, 1, 32, 32), 0.5, requires_grad=True)
+    text = small_clip.encode_texts(["a photo of a boat.", "a photo of water."])
+    (small_clip.encode_images(images, masks) @ text.T).sum().backward()
+    assert masks.grad is not None and masks.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in small_clip.model.parameters())
+
+
+def test_clip_folder_round_trip(tmp_path, small_clip):
+    texts = {"class_names": ["boat"], "class_embeddings": small_clip.encode_texts(["a photo of boat."])}
+    meta = {"source": "tiny", "model_name": "test-small", "open_clip_config": clip_model.tiny_open_clip_config(SMALL)}
+    clip_model.save_clip(tmp_path, meta, texts, small_clip.model.state_dict())
+    loaded, loaded_texts = clip_model.load_clip(tmp_path)
+    images = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(loaded.encode_images(images), small_clip.encode_images(images))
+    torch.testing.assert_close(loaded_texts["class_embeddings"], texts["class_embeddings"])
+    assert loaded_texts["class_names"] == ["boat"] and not loaded.model.training
+
+
+def test_pretrained_weights_from_a_local_file(tmp_path, small_clip):
+    weights = tmp_path / "small.pt"
+    torch.save(small_clip.model.state_dict(), weights)
+    model = clip_model.load_pretrained("test-small", weights)
+    for key, value in small_clip.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+
+    with pytest.raises(UserError, match=r"missing\.pt: CLIP weights file not found"):
+        clip_model.load_pretrained("test-small", tmp_path / "missing.pt")
+    torch.save({"something": torch.zeros(3)}, tmp_path / "wrong.pt")
+    with pytest.raises(UserError, match=r"wrong\.pt: not an open_clip checkpoint for test-small"):
+        clip_model.load_pretrained("test-small", tmp_path / "wrong.pt")
+    with pytest.raises(UserError, match="not an open_clip architecture"):
+        clip_model.load_pretrained("no-such-net", weights)
+
+
+def test_missing_clip_folder_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="run the prepare_clip stage first"):
+        clip_model.load_clip(tmp_path)

@@ -1,0 +1,103 @@
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, run_stage
+from pipeline.config import compose
+from pipeline.errors import UserError
+from pipeline.params import load_params, validate
+
+
+def test_committed_params_yaml_is_conf_composed():
+    assert yaml.safe_load((REPO / "params.yaml").read_text()) == compose(conf_dir=REPO / "conf")
+
+
+def test_committed_params_are_valid(base_params):
+    params = validate(base_params)
+    assert params.dataset.class_names[:3] == ["boat", "train", "plane"]
+    assert params.clip.source == "tiny"
+
+
+def test_overrides_and_group_switch_compose():
+    raw = compose(["dataset.cooccurrence=0.5", "clip=vit_b32"], conf_dir=REPO / "conf")
+    params = validate(raw)
+    assert params.dataset.cooccurrence == 0.5
+    assert params.clip.source == "pretrained" and params.clip.model_name.startswith("ViT-B-32")
+
+
+def _error(raw) -> str:
+    with pytest.raises(UserError) as info:
+        validate(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_key_is_named(base_params):
+    raw = copy.deepcopy(base_params)
+    raw["dataset"]["coocurrence"] = 0.5
+    assert _error(raw) == "params.yaml: dataset.coocurrence: unknown key"
+
+
+def test_string_where_a_number_belongs_is_named(base_params):
+    raw = copy.deepcopy(base_params)
+    raw["clip"]["train"]["lr"] = "1e-3"  # YAML 1.1 reads this as a string
+    assert _error(raw) == "params.yaml: clip.train.lr: expected a number, got '1e-3'"
+    raw = copy.deepcopy(base_params)
+    raw["dataset"]["num_train"] = "many"
+    assert _error(raw) == "params.yaml: dataset.num_train: expected an integer, got 'many'"
+
+
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("dataset", "cooccurrence", 1.5, "dataset.cooccurrence: Input should be less than or equal to 1"),
+        ("dataset", "min_objects", 4, "min_objects (4) is larger than max_objects (3)"),
+        ("dataset", "prompt_template", "a photo", "prompt_template needs a '{}'"),
+        ("dataset", "backgrounds", ["water", "sky"], "context backgrounds"),
+        ("tracking", "experiment", 3, "tracking.experiment: expected a string, got 3"),
+    ],
+)
+def test_out_of_range_and_inconsistent_values(base_params, section, key, value, expected):
+    raw = copy.deepcopy(base_params)
+    raw[section][key] = value
+    assert expected in _error(raw)
+
+
+def test_missing_section_and_unknown_group(base_params):
+    raw = copy.deepcopy(base_params)
+    del raw["tracking"]
+    assert _error(raw) == "params.yaml: tracking: missing key"
+    raw = copy.deepcopy(base_params)
+    raw["clip"]["source"] = "magic"
+    assert "clip:" in _error(raw) and "magic" in _error(raw)
+
+
+def test_bad_yaml_file_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("dataset: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_stage_stops_on_bad_params_before_writing(tmp_path, base_params, mlflow_uri):
+    raw = copy.deepcopy(base_params)
+    raw["dataset"]["num_val"] = "two hundred"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = run_stage("prepare_data", tmp_path, mlflow_uri)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: params.yaml: dataset.num_val: expected an integer, got 'two hundred'"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_clims_compose_check_and_validate():
+    check = subprocess.run([sys.executable, "-m", "pipeline.cli", "compose", "--check"], cwd=REPO, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "compose", "--check", "dataset.num_train=lots"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: conf/: dataset.num_train: expected an integer, got 'lots'"

@@ -1,0 +1,83 @@
+"""The real stage commands on a tiny world: each writes what the next one reads."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import run_stage, tiny_world
+from pipeline.clip.model import load_clip
+from pipeline.data.manifest import read_manifest
+
+SMALL_CLIP = {
+    "embed_dim": 32,
+    "vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text": {"context_length": 16, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, mlflow_uri):
+    import copy
+
+    from conftest import REPO
+
+    raw = tiny_world(yaml.safe_load((REPO / "params.yaml").read_text()))
+    raw["clip"]["architecture"] = copy.deepcopy(SMALL_CLIP)
+    raw["clip"]["train"].update(steps=5, batch_size=8, pool_size=16, eval_scenes=12, warmup_steps=2)
+    raw["tracking"]["experiment"] = "stage-test"
+    path = tmp_path_factory.mktemp("stages")
+    (path / "params.yaml").write_text(yaml.safe_dump(raw))
+    for stage in ("prepare_data", "prepare_clip"):
+        result = run_stage(stage, path, mlflow_uri)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return path
+
+
+def test_prepare_data_writes_manifests_that_match_the_masks(workdir):
+    for split, count in (("train", 6), ("val", 3)):
+        records = read_manifest(workdir / "data" / f"{split}.parquet")
+        assert len(records) == count
+        for r in records:
+            image = np.asarray(Image.open(r.image_path))
+            mask = np.asarray(Image.open(r.label_path))
+            background = np.asarray(Image.open(r.background_path))
+            assert image.shape == (r.height, r.width, 3) and mask.shape == background.shape == (r.height, r.width)
+            assert tuple(sorted(set(np.unique(mask).tolist()) - {0})) == r.class_ids
+    metrics = json.loads((workdir / "metrics" / "data.json").read_text())
+    assert metrics["train_images"] == 6 and 0 < metrics["train_object_pixel_fraction"] < 0.5
+    assert Image.open(workdir / "data" / "preview.png").size[0] > 0
+    assert not list(workdir.glob("data/.*")), "a temporary folder was left behind"
+
+
+def test_prepare_clip_writes_a_clip_later_stages_can_load(workdir):
+    clip, texts = load_clip(workdir / "artifacts" / "clip")
+    assert texts["class_names"] == ["boat", "train", "plane", "car", "cow", "bird"]
+    assert texts["class_embeddings"].shape == (6, 32) and texts["background_embeddings"].shape == (9, 32)
+    assert texts["class_prompts"][0] == "a photo of boat."
+    images = torch_rand(2)
+    assert clip.encode_images(images).shape == (2, 32)
+    metrics = json.loads((workdir / "metrics" / "clip.json").read_text())
+    for key in ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked", "context_margin", "hole_margin"):
+        assert key in metrics and np.isfinite(metrics[key])
+
+
+def test_stage_runs_are_tracked_under_one_parent(workdir, mlflow_uri):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("stage-test").experiment_id])
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert set(children) == {"prepare_data", "prepare_clip"}
+    assert len({r.data.tags["mlflow.parentRunId"] for r in children.values()}) == 1
+    assert "object_top1" in children["prepare_clip"].data.metrics
+    assert "train_object_pixel_fraction" in children["prepare_data"].data.metrics
+    artifacts = [a.path for a in client.list_artifacts(children["prepare_data"].info.run_id)]
+    assert "preview.png" in artifacts
+
+
+def torch_rand(n):
+    import torch
+
+    return torch.rand(n, 3, 64, 64)

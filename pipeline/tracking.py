@@ -2,7 +2,7 @@
 
 Stages run as separate processes under `dvc repro`, so they find their common parent by a
 key: $CLIMS_PIPELINE_RUN when set, otherwise a hash of what defines the run (git commit, the
-uncommitted diff of tracked files, params.yaml and the DVC experiment name). The store is a
+uncommitted diff of code and config, params.yaml and the DVC experiment name). The store is a
 SQLite file in the repository unless params or $MLFLOW_TRACKING_URI name another.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pipeline.params import PARAMS_FILE
 
 PIPELINE_KEY_TAG = "clims.pipeline_key"
 DB_FILE = "mlflow.db"
+RUN_DEFINING_PATHS = ("pipeline", "stages", "conf", "dvc.yaml", "pyproject.toml")
 ARTIFACT_DIR = "mlartifacts"
 
 
@@ -48,7 +49,8 @@ def pipeline_key() -> str:
         return os.environ["CLIMS_PIPELINE_RUN"]
     digest = hashlib.sha256()
     digest.update(_git("rev-parse", "HEAD").encode())
-    digest.update(_git("diff", "HEAD", "--", ".", ":(exclude)dvc.lock").encode())
+    # Only what defines the run: stage outputs (dvc.lock, metrics/) change while it runs.
+    digest.update(_git("diff", "HEAD", "--", *RUN_DEFINING_PATHS).encode())
     params = Path(PARAMS_FILE)
     digest.update(params.read_bytes() if params.is_file() else b"")
     digest.update(os.environ.get("DVC_EXP_NAME", "").encode())

@@ -28,9 +28,10 @@ def tiny_open_clip_config(arch) -> dict:
     vision, text = arch.vision, arch.text
     return {
         "embed_dim": arch.embed_dim,
-        # A sigmoid (multi-label) objective: p(visible) = sigmoid(20 * cosine - 10), 0.5 at cosine 0.5.
-        "init_logit_scale": 2.995732,  # log(20)
-        "init_logit_bias": -10.0,
+        # A sigmoid (multi-label) objective: p(visible) = sigmoid(10 * cosine - 5), 0.5 at cosine 0.5.
+        # The scale stays fixed in training (see train_tiny_clip).
+        "init_logit_scale": 2.302585,  # log(10)
+        "init_logit_bias": -5.0,
         "vision_cfg": {
             "image_size": vision.image_size,
             "patch_size": vision.patch_size,

@@ -10,7 +10,7 @@ import torch
 from pipeline.clip import model as clip_model
 from pipeline.clip.probes import clip_report
 from pipeline.clip.train import train_tiny_clip
-from pipeline.clip.views import render_pool
+from pipeline.clip.views import BACKGROUND_FRAMES, render_pool
 from pipeline.data.prepare import world_spec
 from pipeline.params import Params
 
@@ -31,7 +31,7 @@ def prepare_clip(params: Params, out: Path, log_loss=None) -> dict[str, float]:
         torch.manual_seed(cfg.train.seed)
         model = clip_model.build_tiny(cfg.model_name, cfg.architecture)
         clip = clip_model.wrap(model, cfg.model_name)
-        pool = render_pool(spec, cfg.train.pool_size, cfg.train.seed, "clip")
+        pool = render_pool(spec, cfg.train.pool_size, cfg.train.seed, "clip", frames=BACKGROUND_FRAMES)
         start = time.perf_counter()
         losses = train_tiny_clip(clip, pool, world_prompts, cfg.train, on_step=log_loss)
         metrics["train_seconds"] = time.perf_counter() - start

@@ -36,8 +36,13 @@ def train_tiny_clip(
     torch.manual_seed(train.seed)
     rng = np.random.default_rng(train.seed)
     model = clip.model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    # A learnable temperature grows and squeezes all cosines into a narrow band (seen: scale 20,
+    # positives at 0.55, negatives at 0.33); a fixed one makes the cosines themselves separate,
+    # which is what CLIMS's losses read.
+    model.logit_scale.requires_grad_(False)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": train.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=train.lr
     )

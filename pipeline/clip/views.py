@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from pipeline.data.synthetic import Scene, WorldSpec, render_background, render_scene, scene_rng
 
+BACKGROUND_FRAMES = 0.1  # share of the training pool that shows one background and no object
 VIEW_KINDS = ("whole", "object", "object_crop", "object_context", "hole", "background", "blob", "dimmed")
 VIEW_PROBS = (0.10, 0.18, 0.10, 0.14, 0.20, 0.12, 0.06, 0.10)
 

@@ -1,4 +1,6 @@
 """dvc.yaml and the Hydra integration, driven by the real `dvc` command on a tiny world."""
+import csv
+import io
 import json
 import os
 import shutil
@@ -62,7 +64,7 @@ def test_repro_then_metrics_then_experiment(project):
     root, env = project
     _run(["dvc", "repro"], root, env)
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], root, env))
-    metrics = shown["workspace"]["data"]
+    metrics = next(iter(shown.values()))["data"]  # the workspace
     clip = metrics["metrics/clip.json"]["data"]
     assert {"object_top1", "background_top1_masked", "hole_margin"} <= set(clip)
     assert metrics["metrics/data.json"]["data"]["train_images"] == 8
@@ -70,6 +72,9 @@ def test_repro_then_metrics_then_experiment(project):
 
     _run(["dvc", "exp", "run", "-n", "less-context", "-S", "dataset.cooccurrence=0.5"], root, env)
     assert yaml.safe_load((root / "params.yaml").read_text())["dataset"]["cooccurrence"] == 0.5
-    table = json.loads(_run(["dvc", "exp", "show", "--json"], root, env))
-    names = [exp.get("name") for rev in table for exp in (rev.get("experiments") or []) for exp in exp.get("revs", [])]
-    assert "less-context" in names
+    rows = list(csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env))))
+    by_name = {row["Experiment"] or row["rev"]: row for row in rows}
+    assert by_name["workspace"]["dataset.cooccurrence"] == "0.5"
+    assert by_name["less-context"]["dataset.cooccurrence"] == "0.5"
+    baseline = [row for row in rows if row["typ"] == "baseline" and row["rev"] != "workspace"]
+    assert baseline[0]["dataset.cooccurrence"] == "0.85"  # the commit the experiment branched from

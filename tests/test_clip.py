@@ -30,11 +30,16 @@ def test_visibility_targets_hand_computed():
     view = concepts.clone()
     view[0, 0, 0, :] = 0  # half the object hidden
     view[0, 1, 2:, :] = 0  # 8 of the 12 background pixels hidden
-    targets = visibility_targets(concepts, view, torch.tensor([1.0]), num_classes=1, background_ref=0.5)
+    targets = visibility_targets(concepts, view, torch.tensor([1.0]), 1, background_ref=0.5, object_ramp=(0.0, 1.0))
     torch.testing.assert_close(targets, torch.tensor([[2 / 4, 4 / 8]]))
     # A zoomed view counts pixels of the original image: a 2x zoom covers a quarter of the area.
-    zoomed = visibility_targets(concepts, view * 4, torch.tensor([0.25]), num_classes=1, background_ref=0.5)
+    zoomed = visibility_targets(concepts, view * 4, torch.tensor([0.25]), 1, background_ref=0.5, object_ramp=(0.0, 1.0))
     torch.testing.assert_close(zoomed, targets)
+    # The ramp: half visible on a 0.25..0.75 ramp is half-way; a quarter visible counts as absent.
+    ramped = visibility_targets(concepts, view, torch.tensor([1.0]), 1, background_ref=0.5, object_ramp=(0.25, 0.75))
+    assert ramped[0, 0] == 0.5
+    view[0, 0, 1, 0] = 0  # one of 4 object pixels left
+    assert visibility_targets(concepts, view, torch.tensor([1.0]), 1, object_ramp=(0.25, 0.75))[0, 0] == 0.0
 
 
 def test_masking_is_in_pixel_space_and_differentiable(small_clip):
@@ -111,3 +116,40 @@ def test_tiny_clip_learns_on_a_short_run():
     # Chance is 1/6 for objects and 1/9 for backgrounds; this run measured 0.65 and 0.72.
     assert after["object_top1"] >= 0.45 > before["object_top1"]
     assert after["background_top1_masked"] >= 0.5 > before["background_top1_masked"]
+
+
+@pytest.fixture(scope="module")
+def one_object_pool():
+    from pipeline.clip.views import render_pool
+    from pipeline.data.synthetic import WorldSpec
+
+    contexts = ("water", "rails", "sky", "road", "grass", "trees")
+    spec = WorldSpec(64, ("boat", "train", "plane", "car", "cow", "bird"), contexts, contexts + ("sand",),
+                     min_objects=1, max_objects=1, cooccurrence=1.0)
+    return render_pool(spec, 40, 0, "views")
+
+
+def _views_of(pool, kind, n=256):
+    from pipeline.clip.views import VIEW_KINDS, sample_views
+
+    probs = [1.0 if k == kind else 0.0 for k in VIEW_KINDS]
+    images, targets, weights = sample_views(pool, n, torch.Generator().manual_seed(1), view_probs=probs)
+    assert weights[:, :6].min() == (4.0 if kind == "hole" else 2.0) and weights[:, 6:].max() == 1.0
+    return images, targets
+
+
+def test_hole_views_never_show_the_object(one_object_pool):
+    images, targets = _views_of(one_object_pool, "hole")
+    assert images.shape == (256, 3, 64, 64)
+    assert targets[:, :6].max() == 0.0  # the only object is always cut out, rims included
+    assert targets[:, 6:].max(1).values.min() > 0  # while its surroundings are seen
+
+
+def test_object_views_show_the_object_and_crops_zoom_in(one_object_pool):
+    _, targets = _views_of(one_object_pool, "object_crop")
+    assert targets[:, :6].max(1).values.mean() > 0.8
+    _, targets = _views_of(one_object_pool, "object_context")
+    # Half the views are random zoom-ins, which cut some objects out; the rest show it whole.
+    assert targets[:, :6].max(1).values.mean() > 0.6
+    # With co-occurrence 1 the context is always there, and it is shown with the object.
+    assert (targets[:, 6:12].max(1).values > 0.5).float().mean() > 0.8

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -18,11 +17,14 @@ from pipeline.clip.model import FrozenClip
 from pipeline.clip.views import ScenePool, sample_views
 
 
-def multilabel_loss(clip: FrozenClip, images: torch.Tensor, text_features: torch.Tensor, targets: torch.Tensor):
+def multilabel_loss(
+    clip: FrozenClip, images: torch.Tensor, text_features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+):
+    """Weighted sigmoid BCE over every (view, concept) pair."""
     image_features = clip.encode_images(images)
     model = clip.model
     logits = model.logit_scale.exp() * image_features @ text_features.T + model.logit_bias
-    return F.binary_cross_entropy_with_logits(logits, targets)
+    return F.binary_cross_entropy_with_logits(logits, targets, weight=weights)
 
 
 def train_tiny_clip(
@@ -34,7 +36,7 @@ def train_tiny_clip(
 ) -> list[float]:
     """Optimise `clip.model` in place for `train.steps` steps; returns the loss per step."""
     torch.manual_seed(train.seed)
-    rng = np.random.default_rng(train.seed)
+    generator = torch.Generator().manual_seed(train.seed)
     model = clip.model.train()
     # A learnable temperature grows and squeezes all cosines into a narrow band (seen: scale 20,
     # positives at 0.55, negatives at 0.33); a fixed one makes the cosines themselves separate,
@@ -57,9 +59,9 @@ def train_tiny_clip(
     tokens = clip.tokenizer(prompts)
     losses = []
     for step in tqdm(range(train.steps), desc="train tiny CLIP", unit="step", mininterval=5):
-        images, targets = sample_views(pool, train.batch_size, rng)
+        images, targets, weights = sample_views(pool, train.batch_size, generator)
         text_features = F.normalize(model.encode_text(tokens), dim=-1)
-        loss = multilabel_loss(clip, images, text_features, targets)
+        loss = multilabel_loss(clip, images, text_features, targets, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,6 +1,6 @@
 """DVC stage prepare_data: render the synthetic world (images, masks, manifests, preview)."""
-from PIL import Image
 import numpy as np
+from PIL import Image
 
 from pipeline import layout, tracking
 from pipeline.data.prepare import render_splits
@@ -8,7 +8,7 @@ from pipeline.io import atomic_dir, write_json
 from pipeline.stage import run_stage
 
 
-def prepare_data(params):
+def main(params):
     with tracking.stage_run("prepare_data", params, sections=("dataset",)) as run:
         with atomic_dir(layout.DATA_DIR) as out:
             metrics = render_splits(params.dataset, out, final=layout.DATA_DIR)
@@ -19,4 +19,4 @@ def prepare_data(params):
 
 
 if __name__ == "__main__":
-    run_stage(prepare_data)
+    run_stage(main)

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from pipeline.data.manifest import ImageRecord, write_manifest
 from pipeline.data.synthetic import Scene, WorldSpec, render_scene, scene_rng
 from pipeline.io import colorize, save_label_png
+from pipeline.layout import manifest_path
 from pipeline.params import SyntheticDataset
 
 SPLITS = ("train", "val")
@@ -72,7 +73,7 @@ def render_splits(dataset: SyntheticDataset, out: Path, final: Path) -> dict[str
             with_context += scene.instance_has_context
             if split == "train" and len(preview) < dataset.preview_count:
                 preview.append(scene)
-        write_manifest(out / f"{split}.parquet", records, base=final)
+        write_manifest(manifest_path(split, out), records, base=final)
         metrics[f"{split}_images"] = len(records)
         metrics[f"{split}_object_pixel_fraction"] = float(np.mean(object_fraction))
         metrics[f"{split}_objects_per_image"] = float(np.mean([len(r.class_ids) for r in records]))

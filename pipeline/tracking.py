@@ -98,12 +98,23 @@ def _experiment_id(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=artifacts)
 
 
-def _parent_run_id(client, experiment_id: str, key: str, tags: dict[str, str]) -> str:
+def _log_params(client, run_id: str, tree: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in flatten(tree).items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def _parent_run_id(client, experiment_id: str, key: str, tags: dict[str, str], params) -> str:
+    """The pipeline run's parent: found by its key, or created with every param (for comparing runs)."""
     found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
     name = os.environ.get("DVC_EXP_NAME") or f"pipeline-{key[:8]}"
-    return client.create_run(experiment_id, run_name=name, tags={PIPELINE_KEY_TAG: key, **tags}).info.run_id
+    run_id = client.create_run(experiment_id, run_name=name, tags={PIPELINE_KEY_TAG: key, **tags}).info.run_id
+    _log_params(client, run_id, params.model_dump())
+    return run_id
 
 
 @contextmanager
@@ -115,19 +126,14 @@ def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRu
     experiment_id = _experiment_id(client, params.tracking.experiment)
     commit = _git("rev-parse", "HEAD").strip()
     tags = {"git.commit": commit or "unknown", "dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace")}
-    if _git("status", "--porcelain", "--untracked-files=no").strip():
+    if _git("status", "--porcelain", "--untracked-files=no", "--", *RUN_DEFINING_PATHS, PARAMS_FILE).strip():
         tags["git.dirty"] = "true"
-    parent = _parent_run_id(client, experiment_id, pipeline_key(), tags)
+    parent = _parent_run_id(client, experiment_id, pipeline_key(), tags, params)
     run = client.create_run(
         experiment_id, run_name=stage, tags={"mlflow.parentRunId": parent, "clims.stage": stage, **tags}
     )
-    from mlflow.entities import Param
-
     dumped = params.model_dump()
-    flat = flatten({section: dumped[section] for section in sections})
-    items = [Param(k, v) for k, v in flat.items()]
-    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=items[start : start + 100])
+    _log_params(client, run.info.run_id, {section: dumped[section] for section in sections})
     try:
         yield StageRun(client, run.info.run_id)
     except BaseException:

@@ -25,6 +25,7 @@ def test_stages_of_one_pipeline_run_share_a_parent(tmp_path, monkeypatch, base_p
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert len(parents) == 1 and set(children) == {"stage_a", "stage_b"}
+    assert parents[0].data.params["clip.source"] == "tiny"  # the parent carries every param
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children.values())
     a = children["stage_a"]
     assert a.data.params["dataset.cooccurrence"] == "0.85" and "clip.source" not in a.data.params

@@ -11,13 +11,14 @@ from pipeline.errors import UserError
 def _compose(args) -> None:
     from hydra.errors import HydraException
 
-    from pipeline.config import compose, compose_yaml
+    from pipeline.config import compose, to_yaml
     from pipeline.io import atomic_path
     from pipeline.params import PARAMS_FILE, validate
 
     try:
-        validate(compose(args.overrides), "conf/")
-        text = compose_yaml(args.overrides)
+        composed = compose(args.overrides)
+        validate(composed, "conf/")
+        text = to_yaml(composed)
     except HydraException as exc:
         raise UserError(f"conf/: {str(exc).splitlines()[0]}") from None
     if args.check:

@@ -17,7 +17,8 @@ def compose(overrides: list[str] | None = None, conf_dir: str | Path = CONF_DIR)
     return OmegaConf.to_container(cfg)
 
 
-def compose_yaml(overrides: list[str] | None = None, conf_dir: str | Path = CONF_DIR) -> str:
+def to_yaml(composed: dict) -> str:
+    """params.yaml text, formatted as DVC writes it."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(OmegaConf.create(compose(overrides, conf_dir)))
+    return OmegaConf.to_yaml(OmegaConf.create(composed))

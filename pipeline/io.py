@@ -30,8 +30,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Build a folder under a temporary name and swap it in whole when the block succeeds."""
+    """Build a folder under a temporary name and swap it in whole when the block succeeds.
+
+    On failure nothing is left: neither the temporary folder nor parents made for it."""
     path = Path(path)
+    made = [p for p in reversed(path.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
@@ -39,8 +42,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in reversed(made):
+            if parent.exists() and not any(parent.iterdir()):
+                parent.rmdir()
+        raise
 
 
 def write_json(path: str | Path, data) -> None:

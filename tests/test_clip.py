@@ -153,3 +153,33 @@ def test_object_views_show_the_object_and_crops_zoom_in(one_object_pool):
     assert targets[:, :6].max(1).values.mean() > 0.6
     # With co-occurrence 1 the context is always there, and it is shown with the object.
     assert (targets[:, 6:12].max(1).values > 0.5).float().mean() > 0.8
+
+
+def test_prepare_clip_with_pretrained_weights_writes_the_same_outputs(tmp_path, small_clip, base_params):
+    from pipeline.clip.prepare import prepare_clip
+    from pipeline.params import validate
+
+    weights = tmp_path / "pretrained.pt"
+    torch.save(small_clip.model.state_dict(), weights)
+    base_params["clip"] = {"source": "pretrained", "model_name": "test-small", "weights": str(weights), "eval_scenes": 12}
+    metrics = prepare_clip(validate(base_params), tmp_path / "clip")
+    loaded, texts = clip_model.load_clip(tmp_path / "clip")
+    torch.testing.assert_close(texts["class_embeddings"], small_clip.encode_texts(texts["class_prompts"]))
+    assert texts["background_names"][:2] == ["water", "rails"] and 0.0 <= metrics["object_top1"] <= 1.0
+    assert not (tmp_path / "clip" / clip_model.WEIGHTS_FILE).exists()  # the weights stay where they are
+
+
+def test_missing_pretrained_weights_stop_the_stage_with_one_line(tmp_path, mlflow_uri):
+    import yaml
+
+    from conftest import REPO, run_stage
+    from pipeline.config import compose
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(compose(["clip=vit_b32"], conf_dir=REPO / "conf")))
+    result = run_stage("prepare_clip", tmp_path, mlflow_uri)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: weights/clip/ViT-B-32-openai.pt: CLIP weights file not found "
+        "(clip.weights: an open_clip checkpoint for ViT-B-32-quickgelu)"
+    )
+    assert not (tmp_path / "artifacts").exists()

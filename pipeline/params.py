@@ -162,7 +162,6 @@ _EXPECTED = {
     "list_type": "a list",
     "dict_type": "a mapping",
     "model_type": "a mapping",
-    "literal_error": None,
 }
 
 

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -56,8 +57,7 @@ def test_prepare_clip_writes_a_clip_later_stages_can_load(workdir):
     assert texts["class_names"] == ["boat", "train", "plane", "car", "cow", "bird"]
     assert texts["class_embeddings"].shape == (6, 32) and texts["background_embeddings"].shape == (9, 32)
     assert texts["class_prompts"][0] == "a photo of boat."
-    images = torch_rand(2)
-    assert clip.encode_images(images).shape == (2, 32)
+    assert clip.encode_images(torch.rand(2, 3, 64, 64)).shape == (2, 32)
     metrics = json.loads((workdir / "metrics" / "clip.json").read_text())
     for key in ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked", "context_margin", "hole_margin"):
         assert key in metrics and np.isfinite(metrics[key])
@@ -76,8 +76,3 @@ def test_stage_runs_are_tracked_under_one_parent(workdir, mlflow_uri):
     artifacts = [a.path for a in client.list_artifacts(children["prepare_data"].info.run_id)]
     assert "preview.png" in artifacts
 
-
-def torch_rand(n):
-    import torch
-
-    return torch.rand(n, 3, 64, 64)

@@ -14,18 +14,34 @@ from PIL import Image
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary name beside `path`; it becomes `path` only if the block succeeds."""
-    path = Path(path)
+def _parents_of(path: Path) -> Iterator[None]:
+    """Create `path`'s missing parent folders; if the block fails, remove those left empty."""
+    made = [p for p in path.parents if not p.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        yield
+    except BaseException:
+        for parent in made:
+            if parent.exists() and not any(parent.iterdir()):
+                parent.rmdir()
+        raise
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary name beside `path`; it becomes `path` only if the block succeeds.
+
+    On failure nothing is left: neither the temporary file nor parents made for it."""
+    path = Path(path)
+    with _parents_of(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 @contextmanager
@@ -34,20 +50,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
     On failure nothing is left: neither the temporary folder nor parents made for it."""
     path = Path(path)
-    made = [p for p in reversed(path.parents) if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for parent in reversed(made):
-            if parent.exists() and not any(parent.iterdir()):
-                parent.rmdir()
-        raise
+    with _parents_of(path):
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            yield tmp
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, data) -> None:

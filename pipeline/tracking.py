@@ -106,14 +106,14 @@ def _log_params(client, run_id: str, tree: Mapping[str, Any]) -> None:
         client.log_batch(run_id, params=items[start : start + 100])
 
 
-def _parent_run_id(client, experiment_id: str, key: str, tags: dict[str, str], params) -> str:
+def _parent_run_id(client, experiment_id: str, key: str, tags: dict[str, str], params: dict) -> str:
     """The pipeline run's parent: found by its key, or created with every param (for comparing runs)."""
     found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
     name = os.environ.get("DVC_EXP_NAME") or f"pipeline-{key[:8]}"
     run_id = client.create_run(experiment_id, run_name=name, tags={PIPELINE_KEY_TAG: key, **tags}).info.run_id
-    _log_params(client, run_id, params.model_dump())
+    _log_params(client, run_id, params)
     return run_id
 
 
@@ -128,11 +128,11 @@ def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRu
     tags = {"git.commit": commit or "unknown", "dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace")}
     if _git("status", "--porcelain", "--untracked-files=no", "--", *RUN_DEFINING_PATHS, PARAMS_FILE).strip():
         tags["git.dirty"] = "true"
-    parent = _parent_run_id(client, experiment_id, pipeline_key(), tags, params)
+    dumped = params.model_dump()
+    parent = _parent_run_id(client, experiment_id, pipeline_key(), tags, dumped)
     run = client.create_run(
         experiment_id, run_name=stage, tags={"mlflow.parentRunId": parent, "clims.stage": stage, **tags}
     )
-    dumped = params.model_dump()
     _log_params(client, run.info.run_id, {section: dumped[section] for section in sections})
     try:
         yield StageRun(client, run.info.run_id)

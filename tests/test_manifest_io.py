@@ -56,3 +56,11 @@ def test_atomic_writers_leave_nothing_behind_on_failure(tmp_path):
     with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "new.txt").write_text("done")
     assert sorted(p.name for p in Path(tmp_path / "out").iterdir()) == ["new.txt"]
+
+
+def test_failed_atomic_file_removes_the_folders_it_made(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a" / "b" / "x.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError
+    assert list(tmp_path.iterdir()) == []

@@ -4,8 +4,9 @@ saying how much of each concept is visible.
 Concepts are the object classes followed by the background kinds. A view is a scene times a
 mask (soft, as CLIMS's P is) and then a crop; its target for a concept rises with the share of
 that object that stays visible (OBJECT_RAMP), or for a background with its visible area
-(BACKGROUND_REF of the image counts as fully there). A CLIP trained on these targets has cosines that track visibility, and
-object-shaped holes do not give an object away (they are targets of 0).
+(BACKGROUND_REF of the image counts as fully there). A CLIP trained on these targets has
+cosines that track visibility, and object-shaped holes do not give an object away (they are
+targets of 0).
 """
 from __future__ import annotations
 

@@ -4,7 +4,19 @@ from pathlib import Path
 DATA_DIR = Path("data")
 CLIP_DIR = Path("artifacts/clip")
 METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+CAM_NETS = ("baseline", "clims")
 
 
 def manifest_path(split: str, data_dir: Path = DATA_DIR) -> Path:
     return data_dir / f"{split}.parquet"
+
+
+def net_dir(kind: str) -> Path:
+    """A trained CAM net (baseline or CLIMS): weights.pt + net.json."""
+    return Path("artifacts") / f"net_{kind}"
+
+
+def cams_dir(kind: str) -> Path:
+    """One CAM file per training image, from that net."""
+    return Path("artifacts") / f"cams_{kind}"

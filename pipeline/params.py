@@ -141,6 +141,115 @@ class PretrainedClip(Section):
 Clip = Annotated[Union[TinyClip, PretrainedClip], Field(discriminator="source")]
 
 
+# --------------------------------------------------------------------------- CAM networks
+Stride = Literal[1, 2]
+
+
+class Backbone(Section):
+    """The CAM nets' ResNet: a narrow one of BasicBlocks (trained from scratch) or a torchvision one."""
+
+    name: Literal["small_resnet", "resnet18", "resnet34", "resnet50", "resnet101"]
+    strides: list[Stride] = Field(min_length=4, max_length=4)  # conv1, layer2, layer3, layer4
+    widths: Optional[list[PositiveInt]]  # small_resnet only: channels of layer1..layer4
+    blocks: Optional[list[PositiveInt]]  # small_resnet only: blocks per layer
+    weights: Optional[str]  # torchvision ResNets: a local ImageNet state dict (nothing is downloaded)
+
+    @model_validator(mode="after")
+    def _small_resnet_shape(self):
+        if self.name == "small_resnet":
+            for key in ("widths", "blocks"):
+                value = getattr(self, key)
+                if value is None or len(value) != 4:
+                    raise ValueError(f"{key}: small_resnet needs 4 values (one per layer)")
+            if self.weights:
+                raise ValueError("weights: small_resnet is trained from scratch; set weights to null")
+        return self
+
+
+class Distributed(Section):
+    """Ray Train workers for training, Ray tasks for per-image stages. RAY_ADDRESS joins a cluster."""
+
+    num_workers: PositiveInt
+    use_gpu: bool
+    max_failures: NonNegativeInt  # worker failures a training run recovers from (from its last checkpoint)
+    storage: str  # Ray Train's storage (checkpoints); relative paths are made absolute from the repo
+
+
+class Optimisation(Section):
+    seed: NonNegativeInt
+    epochs: PositiveInt
+    batch_size: PositiveInt  # over all workers
+    lr: PositiveFloat  # backbone
+    head_lr_scale: PositiveFloat  # the classifier's lr = lr x this
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    schedule: Literal["cosine", "poly"]
+    crop_size: Annotated[int, Field(ge=16)]
+    long_side: list[PositiveInt] = Field(min_length=2, max_length=2)  # random rescale range (pixels)
+    frozen_stem: bool  # conv1/bn1 fixed (the reference's choice with ImageNet weights)
+    loader_workers: NonNegativeInt  # DataLoader processes per training worker
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.long_side[0] > self.long_side[1]:
+            raise ValueError(f"long_side: {self.long_side[0]} is larger than {self.long_side[1]}")
+        return self
+
+
+class TrainCam(Optimisation):
+    """The baseline CAM net: GAP + multilabel soft-margin loss."""
+
+
+class TrainClims(Optimisation):
+    """The CLIMS net, initialised from the baseline's weights."""
+
+    init_bias: float  # starting logit offset of every class, so that P starts small (sigmoid(-2) = 0.12)
+
+
+class LossWeights(Section):
+    otm: Annotated[float, Field(ge=0.0)]
+    btm: Annotated[float, Field(ge=0.0)]
+    cbs: Annotated[float, Field(ge=0.0)]
+    reg: Annotated[float, Field(ge=0.0)]
+
+
+class ClimsLoss(Section):
+    """CLIMS's four losses; see pipeline.cam.losses for both variants."""
+
+    variant: Literal["improved", "camera_ready"]
+    # what the losses take the log of: the cosine (the reference, for OpenAI CLIP whose cosines
+    # stay positive) or the CLIP's own sigmoid(scale * cosine + bias) (a sigmoid-trained CLIP)
+    score: Literal["cosine", "clip_sigmoid"]
+    weights: LossWeights
+    # improved: CBS threshold; 'auto' derives it from the CLIP's own cosines (metrics/clip.json)
+    tau: Union[Annotated[float, Field(ge=-1.0, le=1.0)], Literal["auto"]]
+    # camera_ready: each class's own background prompts (names from dataset.background_prompts)
+    class_backgrounds: Optional[dict[str, list[str]]]
+
+    @model_validator(mode="after")
+    def _variant_needs(self):
+        if self.variant == "camera_ready" and not self.class_backgrounds:
+            raise ValueError("class_backgrounds: the camera_ready variant needs each class's background prompts")
+        return self
+
+
+class MakeCam(Section):
+    scales: list[PositiveFloat] = Field(min_length=1)
+    batch_size: PositiveInt  # images per forward (same-size images only)
+    num_workers: NonNegativeInt  # Ray tasks sharing the images; 0 runs in this process
+
+
+class Sweep(Section):
+    start: Probability
+    stop: Probability
+    step: Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class EvalCam(Section):
+    thresholds: Sweep  # background thresholds; each net is scored at its best one
+    overlays: Annotated[int, Field(ge=0, le=64)]  # CAM overlays sent to MLflow
+
+
 # --------------------------------------------------------------------------- tracking
 class Tracking(Section):
     uri: Optional[str]  # None: sqlite:///<repo>/mlflow.db, or $MLFLOW_TRACKING_URI when set
@@ -150,7 +259,29 @@ class Tracking(Section):
 class Params(Section):
     dataset: Dataset
     clip: Clip
+    backbone: Backbone
+    distributed: Distributed
+    train_cam: TrainCam
+    train_clims: TrainClims
+    clims_loss: ClimsLoss
+    make_cam: MakeCam
+    eval_cam: EvalCam
     tracking: Tracking
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        for section in ("train_cam", "train_clims"):
+            batch = getattr(self, section).batch_size
+            if batch % self.distributed.num_workers:
+                raise ValueError(f"{section}.batch_size: {batch} does not split over distributed.num_workers={self.distributed.num_workers}")
+        backgrounds = self.clims_loss.class_backgrounds or {}
+        for name, prompts in backgrounds.items():
+            if name not in self.dataset.class_names:
+                raise ValueError(f"clims_loss.class_backgrounds.{name}: not a class of the dataset {self.dataset.class_names}")
+            unknown = [p for p in prompts if p not in self.dataset.background_prompt_names]
+            if unknown:
+                raise ValueError(f"clims_loss.class_backgrounds.{name}: {unknown} not in the background prompts {self.dataset.background_prompt_names}")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

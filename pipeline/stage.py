@@ -16,3 +16,10 @@ def run_stage(work: Callable[[Params], None]) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def stage_argument(choices: tuple[str, ...]) -> str:
+    """The one command-line argument of a `foreach` stage (which net it works on)."""
+    if len(sys.argv) != 2 or sys.argv[1] not in choices:
+        raise UserError(f"usage: {sys.argv[0]} {{{','.join(choices)}}}")
+    return sys.argv[1]

@@ -28,10 +28,31 @@ def tiny_world(raw: dict, **dataset) -> dict:
     return raw
 
 
-def run_stage(name: str, workdir: Path, mlflow_uri: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_stage(name: str, workdir: Path, mlflow_uri: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a stage's real command in `workdir` (which holds params.yaml), as dvc would."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, str(REPO / "stages" / f"{name}.py")],
+        [sys.executable, str(REPO / "stages" / f"{name}.py"), *args],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it (starting Ray costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_cam(raw: dict) -> dict:
+    """Shrink the CAM sections: a narrow net, one short epoch each, single-process CAMs."""
+    raw["backbone"].update(widths=[8, 8, 16, 16])
+    for section in ("train_cam", "train_clims"):
+        raw[section].update(epochs=1, batch_size=4)
+    raw["make_cam"].update(scales=[1.0, 0.5], num_workers=0)
+    raw["eval_cam"].update(overlays=2)
+    return raw

@@ -23,7 +23,22 @@ SMALL = {
         },
         "train": {"steps": 3, "batch_size": 8, "pool_size": 16, "eval_scenes": 10, "warmup_steps": 1},
     },
+    "backbone/small_resnet.yaml": {"widths": [8, 8, 16, 16]},
+    "config.yaml": {
+        "train_cam": {"epochs": 1, "batch_size": 4},
+        "train_clims": {"epochs": 1, "batch_size": 4},
+        "make_cam": {"scales": [1.0], "num_workers": 1},
+        "eval_cam": {"overlays": 1},
+    },
 }
+
+
+def _merge(tree: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
 
 
 def _run(args, cwd, env):
@@ -43,8 +58,7 @@ def project(tmp_path_factory, mlflow_uri):
             shutil.copy2(REPO / name, root / name)
     for name, changes in SMALL.items():
         conf = yaml.safe_load((root / "conf" / name).read_text())
-        conf.update({k: v for k, v in changes.items() if k != "train"})
-        conf.get("train", {}).update(changes.get("train", {}))
+        _merge(conf, changes)
         (root / "conf" / name).write_text(yaml.safe_dump(conf, sort_keys=False))
     env = {
         **os.environ,
@@ -68,6 +82,8 @@ def test_repro_then_metrics_then_experiment(project):
     clip = metrics["metrics/clip.json"]["data"]
     assert {"object_top1", "background_top1_masked", "hole_margin"} <= set(clip)
     assert metrics["metrics/data.json"]["data"]["train_images"] == 8
+    for net in ("baseline", "clims"):
+        assert 0 <= metrics[f"metrics/cam_{net}.json"]["data"]["miou"] <= 100
     assert "didn't change" in _run(["dvc", "repro"], root, env) or "up to date" in _run(["dvc", "status"], root, env)
 
     _run(["dvc", "exp", "run", "-n", "less-context", "-S", "dataset.cooccurrence=0.5"], root, env)

@@ -7,7 +7,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import run_stage, tiny_world
+from conftest import run_stage, tiny_cam, tiny_world
 from pipeline.clip.model import load_clip
 from pipeline.data.manifest import read_manifest
 
@@ -18,21 +18,27 @@ SMALL_CLIP = {
 }
 
 
+STAGES = ["prepare_data", "prepare_clip", "train_cam", "train_clims",
+          *[(stage, net) for net in ("baseline", "clims") for stage in ("make_cam", "eval_cam")]]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, mlflow_uri):
     import copy
 
     from conftest import REPO
 
-    raw = tiny_world(yaml.safe_load((REPO / "params.yaml").read_text()))
+    raw = tiny_cam(tiny_world(yaml.safe_load((REPO / "params.yaml").read_text())))
     raw["clip"]["architecture"] = copy.deepcopy(SMALL_CLIP)
     raw["clip"]["train"].update(steps=5, batch_size=8, pool_size=16, eval_scenes=12, warmup_steps=2)
     raw["tracking"]["experiment"] = "stage-test"
     path = tmp_path_factory.mktemp("stages")
+    raw["distributed"]["storage"] = str(path / "ray")
     (path / "params.yaml").write_text(yaml.safe_dump(raw))
-    for stage in ("prepare_data", "prepare_clip"):
-        result = run_stage(stage, path, mlflow_uri)
-        assert result.returncode == 0, result.stderr[-3000:]
+    for stage in STAGES:
+        name, *args = (stage,) if isinstance(stage, str) else stage
+        result = run_stage(name, path, mlflow_uri, *args)
+        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
     return path
 
 
@@ -69,10 +75,44 @@ def test_stage_runs_are_tracked_under_one_parent(workdir, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("stage-test").experiment_id])
     children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
-    assert set(children) == {"prepare_data", "prepare_clip"}
+    assert set(children) == {"prepare_data", "prepare_clip", "train_cam", "train_clims", "make_cam_baseline",
+                             "make_cam_clims", "eval_cam_baseline", "eval_cam_clims"}
     assert len({r.data.tags["mlflow.parentRunId"] for r in children.values()}) == 1
     assert "object_top1" in children["prepare_clip"].data.metrics
     assert "train_object_pixel_fraction" in children["prepare_data"].data.metrics
     artifacts = [a.path for a in client.list_artifacts(children["prepare_data"].info.run_id)]
     assert "preview.png" in artifacts
 
+
+
+def test_cam_stages_chain_nets_cams_and_scores(workdir):
+    from pipeline.cam.infer import load_cam
+    from pipeline.cam.ray_train import load_net
+
+    baseline, meta = load_net(workdir / "artifacts" / "net_baseline")
+    clims, clims_meta = load_net(workdir / "artifacts" / "net_clims")
+    assert meta["kind"] == "baseline" and clims_meta["kind"] == "clims" and clims.classifier.bias is not None
+    trained = json.loads((workdir / "metrics" / "train_clims.json").read_text())
+    clip = json.loads((workdir / "metrics" / "clip.json").read_text())
+    assert trained["tau"] == pytest.approx((clip["cos_object_vs_background_p99"] + clip["cos_context_together_mean"]) / 2)
+    assert {"otm", "btm", "cbs", "reg", "loss"} <= set(trained)
+    for record in read_manifest(workdir / "data" / "train.parquet"):
+        cam = load_cam(workdir / "artifacts" / "cams_clims" / f"{record.image_id}.npz")
+        assert cam["class_ids"].tolist() == list(record.class_ids) and cam["high_res"].shape[-2:] == (64, 64)
+    for net in ("baseline", "clims"):
+        scores = json.loads((workdir / "metrics" / f"cam_{net}.json").read_text())
+        assert 0 <= scores["miou"] <= 100 and 0.05 <= scores["best_threshold"] <= 0.95
+        assert {"context_leak", "mask_miou", "mask_miou_at_0.5", "per_class_iou"} <= set(scores)
+        curve = (workdir / "plots" / f"cam_{net}_thresholds.csv").read_text().splitlines()
+        assert curve[0].startswith("threshold,miou") and len(curve) == 1 + 19
+
+
+def test_a_missing_net_is_one_clear_error(workdir, tmp_path, mlflow_uri):
+    import shutil
+
+    shutil.copy(workdir / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(workdir / "data", tmp_path / "data")
+    result = run_stage("make_cam", tmp_path, mlflow_uri, "clims")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: artifacts/net_clims/net.json: no trained CAM net here (run its training stage first)"
+    assert not (tmp_path / "artifacts").exists()

@@ -1,0 +1,139 @@
+"""CAM evaluation: mIoU over a sweep of background thresholds, and the context leak.
+
+A pixel goes to the image's class with the highest score when that score exceeds the
+background threshold t, else to background (the reference pads a constant background score and
+takes the argmax). Both the max-normalised CAM ('high_res') and the mask P ('mask') are scored
+at every t; each net is compared at its own best t.
+
+Context leak (synthetic world): of the background pixels that show a class's context (water
+under a boat present in the image), the fraction the prediction gives to that class; averaged
+over classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from pipeline.cam.infer import cam_path, load_cam
+from pipeline.data.manifest import ImageRecord
+from pipeline.errors import UserError
+from pipeline.metrics import confusion, iou, miou
+
+SCORED_MAPS = ("high_res", "mask")
+
+
+def thresholds(start: float, stop: float, step: float) -> np.ndarray:
+    return np.round(np.arange(start, stop + step / 2, step), 6)
+
+
+def predict(scores: np.ndarray, class_ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Label maps (T, H, W) from class scores (K, H, W), one per background threshold."""
+    if len(class_ids) == 0:
+        return np.zeros((len(ts), *scores.shape[-2:]), np.int64)
+    best = scores.max(0)
+    label = np.asarray(class_ids, np.int64)[scores.argmax(0)]
+    return np.where(best[None] > ts[:, None, None], label[None], 0)
+
+
+def read_label(path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable label map ({exc})") from None
+
+
+@dataclass
+class SweepTotals:
+    """Confusions per threshold and context-leak counts per (threshold, class)."""
+
+    confusion: np.ndarray  # T x L x L
+    leaked: np.ndarray  # T x C
+    context: np.ndarray  # C
+
+
+def sweep(records: list[ImageRecord], cam_folder, key: str, ts: np.ndarray, num_classes: int,
+          context_ids: list[int] | None = None) -> SweepTotals:
+    """Accumulate the sweep over images; `context_ids[c-1]` is class c's context background id."""
+    labels = num_classes + 1
+    totals = SweepTotals(np.zeros((len(ts), labels, labels), np.int64), np.zeros((len(ts), num_classes)), np.zeros(num_classes))
+    for record in records:
+        path = cam_path(cam_folder, record.image_id)
+        if not path.is_file():
+            raise UserError(f"{path}: CAM file missing (run make_cam first)")
+        data = load_cam(path)
+        gt = read_label(record.label_path)
+        if data[key].shape[-2:] != gt.shape:
+            raise UserError(f"{path}: CAM size {data[key].shape[-2:]} does not match {record.label_path} {gt.shape}")
+        pred = predict(data[key].astype(np.float32), data["class_ids"], ts)
+        totals.confusion += confusion(gt, pred, labels)
+        if context_ids is not None and record.background_path is not None:
+            ground = read_label(record.background_path)
+            for c in record.class_ids:
+                where = (ground == context_ids[c - 1]) & (gt == 0)
+                totals.context[c - 1] += where.sum()
+                totals.leaked[:, c - 1] += (pred[:, where] == c).sum(-1)
+    return totals
+
+
+def summarise(totals: SweepTotals, ts: np.ndarray, class_names: list[str], prefix: str = "") -> tuple[dict, list[dict]]:
+    """Best-threshold figures and the per-threshold curve (rows for a DVC plot)."""
+    curve_miou = miou(totals.confusion)
+    best = int(np.nanargmax(curve_miou))
+    per_class = iou(totals.confusion[best])
+    metrics = {
+        f"{prefix}miou": float(curve_miou[best]),
+        f"{prefix}best_threshold": float(ts[best]),
+        f"{prefix}per_class_iou": {name: float(100 * v) for name, v in zip(["background", *class_names], per_class)},
+    }
+    has_context = totals.context > 0
+    leak = None
+    if has_context.any():
+        leak = (totals.leaked[:, has_context] / totals.context[has_context]).mean(-1)
+        metrics[f"{prefix}context_leak"] = float(100 * leak[best])
+    rows = [
+        {"threshold": float(t), f"{prefix}miou": float(m), **({f"{prefix}context_leak": float(100 * leak[i])} if leak is not None else {})}
+        for i, (t, m) in enumerate(zip(ts, curve_miou))
+    ]
+    return metrics, rows
+
+
+def context_ids(dataset) -> list[int] | None:
+    """Background id of each class's context in the synthetic world (None elsewhere)."""
+    contexts = [c.context for c in getattr(dataset, "classes", [])]
+    backgrounds = list(getattr(dataset, "backgrounds", []))
+    return [backgrounds.index(c) for c in contexts] if contexts and all(c in backgrounds for c in contexts) else None
+
+
+def evaluate_cams(records: list[ImageRecord], cam_folder, dataset, sweep_cfg) -> tuple[dict, list[dict]]:
+    """Scores of the CAM ('high_res', keys without prefix) and of P ('mask', keys 'mask_...')."""
+    ts = thresholds(sweep_cfg.start, sweep_cfg.stop, sweep_cfg.step)
+    scored = [r for r in records if r.label_path is not None]
+    if not scored:
+        raise UserError("no image of the split has a ground-truth label map to score against")
+    metrics, curve = {"images": len(scored)}, {float(t): {"threshold": float(t)} for t in ts}
+    for key, prefix in (("high_res", ""), ("mask", "mask_")):
+        totals = sweep(scored, cam_folder, key, ts, len(dataset.class_names), context_ids(dataset))
+        figures, rows = summarise(totals, ts, dataset.class_names, prefix)
+        metrics.update(figures)
+        for row in rows:
+            curve[row["threshold"]].update(row)
+    # P as the mask it was trained to be: thresholded at 0.5
+    half = int(np.argmin(np.abs(ts - 0.5)))
+    metrics["mask_miou_at_0.5"] = curve[float(ts[half])]["mask_miou"]
+    return metrics, list(curve.values())
+
+
+def overlay(record: ImageRecord, cam_folder, key: str, threshold: float) -> np.ndarray:
+    """The image, its ground truth and the prediction at `threshold`, side by side (uint8 RGB)."""
+    from pipeline.io import colorize
+
+    image = np.asarray(Image.open(record.image_path).convert("RGB"))
+    data = load_cam(cam_path(cam_folder, record.image_id))
+    pred = predict(data[key].astype(np.float32), data["class_ids"], np.asarray([threshold]))[0]
+    gt = read_label(record.label_path)
+    blend = lambda label: (0.5 * image + 0.5 * colorize(label.astype(np.uint8))).astype(np.uint8)
+    heat = (255 * data[key].astype(np.float32).max(0, initial=0)).astype(np.uint8)
+    return np.concatenate([image, blend(gt), np.repeat(heat[..., None], 3, -1), blend(pred)], axis=1)

@@ -1,0 +1,131 @@
+"""Multi-scale CAM inference (the reference's make_cam) and the per-image CAM files.
+
+For each scale the image and its mirror go through the net; the ReLU of the per-pixel logits
+is resized to the stride-4 grid ('cam', for the random walk) and to full resolution
+('high_res'), summed over scales and flips, restricted to the image's classes, and divided by
+each class's maximum. 'mask' is P = sigmoid(logits) averaged over the same passes: the mask the
+CLIMS losses trained, evaluated alongside the CAM.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.cam.nets import CamNet, upsample
+from pipeline.data.manifest import ImageRecord
+from pipeline.io import atomic_path, write_json
+
+CAM_STRIDE = 4
+
+
+def stride_size(height: int, width: int) -> tuple[int, int]:
+    return math.ceil(height / CAM_STRIDE), math.ceil(width / CAM_STRIDE)
+
+
+@torch.no_grad()
+def multiscale_maps(net: CamNet, images: torch.Tensor, scales: list[float]) -> dict[str, torch.Tensor]:
+    """All-class maps for a batch of same-size images (N, 3, H, W) in [0, 1]."""
+    height, width = images.shape[-2:]
+    small = stride_size(height, width)
+    cam = high_res = mask = 0
+    for scale in scales:
+        size = (round(height * scale), round(width * scale))
+        x = images if scale == 1 else upsample(images, size)
+        logits = net(torch.cat([x, x.flip(-1)]))
+        direct, mirrored = logits[: len(images)], logits[len(images) :].flip(-1)
+        for view in (direct, mirrored):
+            activation = torch.relu(view)
+            cam = cam + upsample(activation, small)
+            high_res = high_res + upsample(activation, (height, width))
+            mask = mask + torch.sigmoid(upsample(view, (height, width)))
+    return {"cam": cam, "high_res": high_res, "mask": mask / (2 * len(scales))}
+
+
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each class map divided by its maximum (+1e-5), as the reference does."""
+    return maps / (maps.flatten(-2).amax(-1)[..., None, None] + 1e-5)
+
+
+def select_classes(maps: dict[str, torch.Tensor], class_ids: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """One image's maps for its classes (ids 1..C), in float16, ready for its CAM file."""
+    index = [c - 1 for c in class_ids]
+    return {
+        "class_ids": np.asarray(class_ids, np.int16),
+        "cam": normalise(maps["cam"][index]).numpy().astype(np.float16),
+        "high_res": normalise(maps["high_res"][index]).numpy().astype(np.float16),
+        "mask": maps["mask"][index].numpy().astype(np.float16),
+    }
+
+
+def cam_path(folder: str | Path, image_id: str) -> Path:
+    return Path(folder) / f"{image_id}.npz"
+
+
+def save_cam(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_cam(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+# --------------------------------------------------------------------------- the make_cam stage
+SOURCE_FILE = "source.json"
+
+
+def _stamp(net_dir: Path, scales: list[float]) -> dict:
+    digest = hashlib.sha256((Path(net_dir) / "weights.pt").read_bytes()).hexdigest()
+    return {"weights_sha256": digest, "scales": list(scales)}
+
+
+def prepare_folder(out: Path, net_dir: Path, scales: list[float]) -> None:
+    """Keep CAMs from an interrupted run of the same net and scales; clear anything else."""
+    stamp = _stamp(net_dir, scales)
+    source = out / SOURCE_FILE
+    if out.exists() and (not source.is_file() or json.loads(source.read_text()) != stamp):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not source.is_file():
+        write_json(source, stamp)
+
+
+def cam_shard(records: list[ImageRecord], net_dir: str, out: str, scales: list[float], batch_size: int,
+              use_gpu: bool = False) -> int:
+    """Write the CAM file of every record not done yet; returns how many were written."""
+    from pipeline.cam.data import load_image
+    from pipeline.cam.ray_train import load_net
+
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    net, _ = load_net(net_dir, device)
+    todo = [r for r in records if not cam_path(out, r.image_id).is_file()]
+    by_size: dict[tuple[int, int], list[ImageRecord]] = {}
+    for record in todo:
+        by_size.setdefault((record.height, record.width), []).append(record)
+    for group in by_size.values():
+        for start in range(0, len(group), batch_size):
+            batch = group[start : start + batch_size]
+            images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
+            maps = {k: v.float().cpu() for k, v in multiscale_maps(net, images, scales).items()}
+            for i, record in enumerate(batch):
+                save_cam(cam_path(out, record.image_id), select_classes({k: v[i] for k, v in maps.items()}, record.class_ids))
+    return len(todo)
+
+
+def make_cams(records: list[ImageRecord], net_dir: Path, out: Path, cfg, dist) -> int:
+    """CAMs for all records, sharded over `cfg.num_workers` Ray tasks; a rerun skips done images."""
+    from pipeline.cam.ray_train import load_net
+    from pipeline.distributed import map_shards
+
+    load_net(net_dir)  # a missing or broken net stops here, before the output folder exists
+    prepare_folder(out, net_dir, cfg.scales)
+    written = map_shards(cam_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(out.resolve()),
+                         list(cfg.scales), cfg.batch_size, dist.use_gpu)
+    return sum(written)

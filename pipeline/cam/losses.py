@@ -1,0 +1,124 @@
+"""The CLIMS losses, computed from one batched pass of the frozen CLIP.
+
+For every positive (image n, class k) pair of a batch, the foreground view P[n,k] * image and
+the background view (1 - P[n,k]) * image go through CLIP's image encoder together, once; the
+text embeddings are the ones prepare_clip cached. With s the cosine of L2-normalised features
+(no logit scale, no softmax) and c(s) = clamp(s, 1e-4, 0.9999):
+
+  L_OTM = mean over pairs of -log c(s(fg, t_k))        the object should be in the foreground
+  L_BTM = mean over pairs of -log(1 - c(s(bg, t_k)))   and none of it left in the background
+  L_CBS = background prompts b_l that the foreground should not match:
+          improved:     sum over pairs and all prompts of 1[s(fg, b_l) > tau] * -log(1 - c(s))
+          camera_ready: per pair, the mean over its class's own prompts (no threshold),
+                        averaged over the pairs whose class has prompts
+  L_REG = mean of P over pixels and (improved) every class channel or (camera_ready) the
+          present classes' channels only
+
+The reference takes the log of raw cosines, which suits OpenAI CLIP (its image-text cosines
+stay around 0.15-0.35). A CLIP trained with a sigmoid loss has cosines from about -0.5 to 0.9:
+a dark or empty foreground scores below the 1e-4 clamp, where -log has no gradient left, and
+a pair whose mask dies there never recovers. With `score` set, every s above is the CLIP's own
+probability sigmoid(scale * cosine + bias) that the concept is visible; it stays in (0, 1)
+with a gradient everywhere, and CBS still fires on the cosine test s > tau.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CLAMP = (1e-4, 0.9999)
+TERMS = ("otm", "btm", "cbs", "reg")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    otm: float
+    btm: float
+    cbs: float
+    reg: float
+
+
+def _neg_log(x: torch.Tensor) -> torch.Tensor:
+    return -torch.log(x.clamp(*CLAMP))
+
+
+def otm_loss(s_fg_class: torch.Tensor) -> torch.Tensor:
+    return _neg_log(s_fg_class).mean()
+
+
+def btm_loss(s_bg_class: torch.Tensor) -> torch.Tensor:
+    return -torch.log(1 - s_bg_class.clamp(*CLAMP)).mean()
+
+
+def cbs_loss_thresholded(s_fg_backgrounds: torch.Tensor, tau: float, firing: torch.Tensor | None = None) -> torch.Tensor:
+    """Improved variant: a sum over (pair, prompt) of the terms whose cosine exceeds tau
+    (`firing` gives that test when the scores are not the cosines themselves)."""
+    terms = -torch.log(1 - s_fg_backgrounds.clamp(*CLAMP))
+    return (terms * (s_fg_backgrounds > tau if firing is None else firing)).sum()
+
+
+def cbs_loss_per_class(s_fg_backgrounds: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+    """Camera-ready variant: each pair's mean over its class's prompts (rows of prompt_mask)."""
+    has = prompt_mask.any(dim=1)
+    if not has.any():
+        return s_fg_backgrounds.sum() * 0
+    terms = -torch.log(1 - s_fg_backgrounds.clamp(*CLAMP)) * prompt_mask
+    return (terms.sum(1)[has] / prompt_mask.sum(1)[has]).mean()
+
+
+def reg_loss(masks: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of P over all classes, or over the present ones when `labels` (N, C) is given."""
+    if labels is None:
+        return masks.mean()
+    present = labels.bool()
+    return masks[present].mean() if present.any() else masks.sum() * 0
+
+
+class ClimsLoss(nn.Module):
+    """Weighted CLIMS losses for a batch: images in [0, 1], masks P = sigmoid(logits), labels."""
+
+    def __init__(self, clip, class_embeddings: torch.Tensor, background_embeddings: torch.Tensor,
+                 weights: LossWeights, variant: str = "improved", tau: float = 0.26,
+                 class_prompt_mask: torch.Tensor | None = None, score: tuple[float, float] | None = None):
+        """`score` (scale, bias): score pairs by the CLIP's own sigmoid(scale * cosine + bias)
+        instead of the cosine (see module doc); tau stays a cosine."""
+        super().__init__()
+        self.score = score
+        if variant not in ("improved", "camera_ready"):
+            raise ValueError(f"unknown CLIMS variant {variant!r}")
+        if variant == "camera_ready" and class_prompt_mask is None:
+            raise ValueError("the camera_ready variant needs each class's background prompts")
+        self.clip, self.weights, self.variant, self.tau = clip, weights, variant, tau
+        self.register_buffer("class_embeddings", class_embeddings)
+        self.register_buffer("background_embeddings", background_embeddings)
+        self.register_buffer("class_prompt_mask", class_prompt_mask if class_prompt_mask is not None else torch.zeros(0))
+
+    def similarities(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor):
+        """Cosines for every positive pair from one CLIP pass over all fg and bg views."""
+        n, k = labels.nonzero(as_tuple=True)
+        pair_masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)[n, k].unsqueeze(1)
+        pair_images = images[n]
+        views = torch.cat([pair_images * pair_masks, pair_images * (1 - pair_masks)])
+        features = self.clip.encode_images(views)
+        fg, bg = features[: len(n)], features[len(n) :]
+        texts = self.class_embeddings[k]
+        return k, (fg * texts).sum(-1), (bg * texts).sum(-1), fg @ self.background_embeddings.T
+
+    def scores(self, cosines: torch.Tensor) -> torch.Tensor:
+        return cosines if self.score is None else torch.sigmoid(self.score[0] * cosines + self.score[1])
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        k, cos_fg, cos_bg, cos_fg_backgrounds = self.similarities(images, masks, labels)
+        s_fg, s_bg, s_fg_backgrounds = self.scores(cos_fg), self.scores(cos_bg), self.scores(cos_fg_backgrounds)
+        if self.variant == "improved":
+            cbs = cbs_loss_thresholded(s_fg_backgrounds, self.tau, firing=cos_fg_backgrounds > self.tau)
+            reg = reg_loss(masks)
+        else:
+            cbs = cbs_loss_per_class(s_fg_backgrounds, self.class_prompt_mask[k])
+            reg = reg_loss(masks, labels)
+        terms = {"otm": otm_loss(s_fg), "btm": btm_loss(s_bg), "cbs": cbs, "reg": reg}
+        terms["loss"] = sum(getattr(self.weights, name) * terms[name] for name in TERMS)
+        return terms

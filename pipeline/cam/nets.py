@@ -1,0 +1,138 @@
+"""CAM networks: a ResNet backbone with a per-pixel 1x1 classifier.
+
+The baseline net is trained through global average pooling (GAP of the per-pixel logits equals
+the 1x1 conv applied to the pooled features, since both are linear); the CLIMS net reads the
+same per-pixel logits as masks, P = sigmoid(logits). Both take images in [0, 1] and apply the
+ImageNet normalisation themselves, so CLIMS can mask the very same tensor in pixel space.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from pipeline.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def _make_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    downsample = None
+    if stride != 1 or inplanes != planes:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+    layers = [BasicBlock(inplanes, planes, stride, downsample)]
+    layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class Backbone(nn.Module):
+    """stem (conv1, bn1, relu, maxpool) -> layer1..layer4; `strides` = (conv1, layer2, layer3, layer4)."""
+
+    def __init__(self, stem: nn.Sequential, layers: list[nn.Sequential], out_channels: int):
+        super().__init__()
+        self.stem = stem
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+
+def small_resnet(widths: list[int], blocks: list[int], strides: list[int]) -> Backbone:
+    """A narrow ResNet of torchvision BasicBlocks for small images (trained from scratch)."""
+    stem = nn.Sequential(
+        nn.Conv2d(3, widths[0], 3, strides[0], 1, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    )
+    layers, inplanes = [], widths[0]
+    for planes, count, stride in zip(widths, blocks, [1, *strides[1:]]):
+        layers.append(_make_layer(inplanes, planes, count, stride))
+        inplanes = planes
+    return Backbone(stem, layers, widths[-1])
+
+
+def _restride(layer: nn.Sequential, stride: int) -> None:
+    """Set the stride of a torchvision ResNet stage (its first block's strided conv and shortcut)."""
+    block = layer[0]
+    conv = block.conv2 if isinstance(block, Bottleneck) else block.conv1
+    conv.stride = (stride, stride)
+    if block.downsample is not None:
+        block.downsample[0].stride = (stride, stride)
+
+
+def torchvision_resnet(name: str, strides: list[int], weights: str | None) -> Backbone:
+    """A torchvision ResNet with the given stage strides; ImageNet weights from a local file."""
+    net = getattr(torchvision.models, name)(weights=None)
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"{path}: backbone weights file not found (backbone.weights: a torchvision {name} state dict)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, _ = net.load_state_dict(state, strict=False)
+        if [k for k in missing if not k.startswith("fc.")]:
+            raise UserError(f"{path}: not a {name} state dict (missing {missing[:3]} ...)")
+    net.conv1.stride = (strides[0], strides[0])
+    for layer, stride in zip((net.layer2, net.layer3, net.layer4), strides[1:]):
+        _restride(layer, stride)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    return Backbone(stem, [net.layer1, net.layer2, net.layer3, net.layer4], net.fc.in_features)
+
+
+def build_backbone(cfg) -> Backbone:
+    if cfg.name == "small_resnet":
+        return small_resnet(cfg.widths, cfg.blocks, cfg.strides)
+    return torchvision_resnet(cfg.name, cfg.strides, cfg.weights)
+
+
+class CamNet(nn.Module):
+    """Backbone + 1x1 classifier giving per-pixel class logits (N, C, h, w).
+
+    `bias=True` adds a per-class offset to the logits: the CLIMS net starts it negative, so
+    that P = sigmoid(logits) begins as a small mask rather than the whole image.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, bias: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=bias)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone((images01 - self.mean) / self.std))
+
+    def parameter_groups(self, frozen_stem: bool) -> tuple[list, list]:
+        """(backbone parameters, head parameters); the stem is left out when frozen."""
+        if frozen_stem:
+            for p in self.backbone.stem.parameters():
+                p.requires_grad_(False)
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        return backbone, list(self.classifier.parameters())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        stem_frozen = not any(p.requires_grad for p in self.backbone.stem.parameters())
+        if stem_frozen:  # a frozen stem keeps its BatchNorm statistics too
+            self.backbone.stem.eval()
+        return self
+
+
+def image_logits(pixel_logits: torch.Tensor) -> torch.Tensor:
+    """The baseline's image-level scores: GAP of the per-pixel logits."""
+    return pixel_logits.mean(dim=(2, 3))
+
+
+def build_cam_net(backbone_cfg, num_classes: int, bias: bool = False) -> CamNet:
+    return CamNet(build_backbone(backbone_cfg), num_classes, bias)
+
+
+def upsample(maps: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,62 @@
+"""Ray helpers shared by the stages: joining or starting a cluster, Ray Train runs, and sharding
+per-image work over Ray tasks."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline.tracking import repo_root
+
+
+def init_ray() -> None:
+    """Join the cluster named by $RAY_ADDRESS, else start a local one (once per process)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True,
+                 configure_logging=False)
+
+
+def storage_path(configured: str) -> str:
+    """Ray Train needs an absolute storage path; relative ones are taken from the repository root."""
+    path = Path(configured)
+    return str(path if path.is_absolute() else (repo_root() / path).resolve())
+
+
+def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str):
+    """Run `train_fn(config)` on `dist.num_workers` Ray Train workers (DDP) and return the Result.
+
+    A worker lost mid-run is replaced and the run resumes from the last reported checkpoint, up
+    to `dist.max_failures` times.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    init_ray()
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path(dist.storage),
+            failure_config=FailureConfig(max_failures=dist.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer.fit()
+
+
+def map_shards(work: Callable[..., Any], items: Sequence, num_workers: int, use_gpu: bool, *args) -> list:
+    """Split `items` into `num_workers` contiguous shards and run `work(shard, *args)` on each as
+    a Ray task; `num_workers` 0 runs the work here, in one piece."""
+    if num_workers == 0 or len(items) == 0:
+        return [work(list(items), *args)]
+    import ray
+
+    init_ray()
+    shards = [list(items[i::num_workers]) for i in range(num_workers)]
+    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(work)
+    return ray.get([task.remote(shard, *args) for shard in shards if shard])

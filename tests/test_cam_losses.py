@@ -1,0 +1,105 @@
+"""The CLIMS losses against hand-computed values, and the batched CLIP pass against a per-pair loop."""
+import math
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from pipeline.cam.losses import (ClimsLoss, LossWeights, btm_loss, cbs_loss_per_class, cbs_loss_thresholded,
+                                 otm_loss, reg_loss)
+
+
+def test_otm_and_btm_by_hand():
+    s = torch.tensor([0.5, 0.25])
+    assert otm_loss(s).item() == pytest.approx((math.log(2) + math.log(4)) / 2)
+    # BTM: -log(1 - s); a negative cosine is clamped to 1e-4 (no object left in the background)
+    s_bg = torch.tensor([0.5, -0.2])
+    assert btm_loss(s_bg).item() == pytest.approx((math.log(2) - math.log(1 - 1e-4)) / 2)
+    # a cosine of 1 is clamped to 0.9999: finite
+    assert otm_loss(torch.tensor([1.0])).item() == pytest.approx(-math.log(0.9999), rel=1e-3)  # float32
+    assert btm_loss(torch.tensor([1.0])).item() == pytest.approx(-math.log(1e-4), rel=1e-4)
+
+
+def test_cbs_threshold_counts_only_cosines_above_tau_and_sums():
+    s = torch.tensor([[0.30, 0.10], [0.50, 0.26]], requires_grad=True)
+    loss = cbs_loss_thresholded(s, tau=0.26)
+    assert loss.item() == pytest.approx(-math.log(0.70) - math.log(0.50))  # 0.26 is not above 0.26
+    loss.backward()
+    assert s.grad[0, 1] == 0 and s.grad[1, 1] == 0  # below or at tau: no gradient at all
+    assert s.grad[0, 0] == pytest.approx(1 / 0.70) and s.grad[1, 0] == pytest.approx(1 / 0.50)
+
+
+def test_cbs_camera_ready_means_over_each_class_prompts():
+    s = torch.tensor([[0.5, 0.2, 0.9], [0.1, 0.1, 0.1], [0.5, 0.5, 0.5]])
+    own = torch.tensor([[True, True, False], [False, False, False], [False, False, True]])
+    expected = ((-math.log(0.5) - math.log(0.8)) / 2 + -math.log(0.5)) / 2  # the pair without prompts is left out
+    assert cbs_loss_per_class(s, own).item() == pytest.approx(expected)
+    assert cbs_loss_per_class(s, torch.zeros_like(own)).item() == 0
+
+
+def test_reg_over_absent_classes_depends_on_the_variant():
+    masks = torch.zeros(1, 3, 2, 2)
+    masks[0, 0] = 0.5  # present
+    masks[0, 2] = 1.0  # absent but switched on
+    labels = torch.tensor([[1.0, 0.0, 0.0]])
+    assert reg_loss(masks).item() == pytest.approx((0.5 * 4 + 1.0 * 4) / 12)  # improved: all channels
+    assert reg_loss(masks, labels).item() == pytest.approx(0.5)  # camera-ready: present channels only
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    from pipeline.clip.model import build_tiny, freeze, wrap
+    from pipeline.params import TinyClipArchitecture
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["clip"]["architecture"]
+    raw.update(embed_dim=32, vision={**raw["vision"], "width": 32, "layers": 1, "head_width": 16},
+               text={**raw["text"], "width": 32, "layers": 1, "heads": 2})
+    torch.manual_seed(0)
+    model = build_tiny("clims-test-tiny", TinyClipArchitecture.model_validate(raw))
+    return wrap(freeze(model), "clims-test-tiny")
+
+
+def _loss(clip, variant):
+    torch.manual_seed(1)
+    classes = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+    backgrounds = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
+    own = torch.rand(4, 5) < 0.5
+    return ClimsLoss(clip, classes, backgrounds, LossWeights(10, 24, 1, 0.2), variant, tau=0.0, class_prompt_mask=own)
+
+
+@pytest.mark.parametrize("variant", ["improved", "camera_ready"])
+def test_one_batched_clip_pass_equals_a_loop_over_pairs(tiny_clip, variant):
+    loss_fn = _loss(tiny_clip, variant)
+    torch.manual_seed(2)
+    images, masks = torch.rand(3, 3, 64, 64), torch.rand(3, 4, 16, 16)
+    labels = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float)
+    batched = loss_fn(images, masks, labels)
+
+    # the same losses, one pair and one view at a time, text embeddings looked up per pair
+    otm, btm, cbs = [], [], []
+    for n, k in labels.nonzero().tolist():
+        mask = torch.nn.functional.interpolate(masks[n : n + 1, k : k + 1], size=(64, 64), mode="bilinear", align_corners=False)
+        fg = tiny_clip.encode_images(images[n : n + 1] * mask)[0]
+        bg = tiny_clip.encode_images(images[n : n + 1] * (1 - mask))[0]
+        otm.append(-torch.log((fg @ loss_fn.class_embeddings[k]).clamp(1e-4, 0.9999)))
+        btm.append(-torch.log(1 - (bg @ loss_fn.class_embeddings[k]).clamp(1e-4, 0.9999)))
+        terms = -torch.log(1 - (loss_fn.background_embeddings @ fg).clamp(1e-4, 0.9999))
+        if variant == "improved":
+            cbs.append((terms * (loss_fn.background_embeddings @ fg > 0.0)).sum())
+        elif loss_fn.class_prompt_mask[k].any():
+            cbs.append(terms[loss_fn.class_prompt_mask[k]].mean())
+    expected = {"otm": torch.stack(otm).mean(), "btm": torch.stack(btm).mean(),
+                "cbs": torch.stack(cbs).sum() if variant == "improved" else torch.stack(cbs).mean()}
+    for name, value in expected.items():
+        assert batched[name].item() == pytest.approx(value.item(), abs=1e-5), name
+    assert batched["otm"].item() > 0 and batched["cbs"].item() > 0  # the comparison is not vacuous
+
+
+def test_gradients_reach_the_masks_through_the_frozen_clip(tiny_clip):
+    loss_fn = _loss(tiny_clip, "improved")
+    masks = torch.rand(2, 4, 16, 16, requires_grad=True)
+    out = loss_fn(torch.rand(2, 3, 64, 64), masks, torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]]))
+    out["loss"].backward()
+    assert masks.grad[0, 0].abs().sum() > 0 and masks.grad[1, 1].abs().sum() > 0
+    assert all(p.grad is None for p in tiny_clip.model.parameters())

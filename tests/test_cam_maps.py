@@ -1,0 +1,129 @@
+"""CAM networks, multi-scale inference, CAM files and the threshold-sweep evaluation."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.cam.evaluate import predict, summarise, sweep, thresholds
+from pipeline.cam.infer import cam_path, load_cam, make_cams, multiscale_maps, normalise, select_classes
+from pipeline.cam.nets import build_cam_net
+from pipeline.data.manifest import ImageRecord
+from pipeline.errors import UserError
+from pipeline.io import save_label_png
+from pipeline.metrics import confusion, miou
+from pipeline.params import Backbone
+
+SMALL = Backbone(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return build_cam_net(SMALL, 3).eval()
+
+
+def test_output_strides():
+    assert _net()(torch.rand(1, 3, 64, 64)).shape == (1, 3, 16, 16)  # small_resnet: stride 4
+    r50 = Backbone(name="resnet50", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=None)
+    assert build_cam_net(r50, 20)(torch.rand(1, 3, 128, 96)).shape == (1, 20, 8, 6)  # the reference's stride 16
+
+
+def test_missing_backbone_weights_is_one_clear_error(tmp_path):
+    cfg = Backbone(name="resnet18", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=str(tmp_path / "r18.pth"))
+    with pytest.raises(UserError, match="r18.pth: backbone weights file not found"):
+        build_cam_net(cfg, 3)
+
+
+def test_single_scale_maps_are_the_relu_of_the_logits_and_their_mirror():
+    net, images = _net(), torch.rand(2, 3, 64, 64)
+    maps = multiscale_maps(net, images, [1.0])
+    with torch.no_grad():
+        direct, mirrored = net(images), net(images.flip(-1)).flip(-1)
+    expected_cam = torch.relu(direct) + torch.relu(mirrored)  # already at stride 4
+    torch.testing.assert_close(maps["cam"], expected_cam)
+    up = lambda x: torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(maps["mask"], (torch.sigmoid(up(direct)) + torch.sigmoid(up(mirrored))) / 2)
+
+
+def test_repeating_a_scale_changes_nothing_after_normalisation():
+    net, images = _net(), torch.rand(1, 3, 60, 52)
+    once, twice = multiscale_maps(net, images, [1.0]), multiscale_maps(net, images, [1.0, 1.0])
+    for key in ("cam", "high_res"):
+        torch.testing.assert_close(normalise(twice[key]), normalise(once[key]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(twice["mask"], once["mask"])
+    assert once["cam"].shape[-2:] == (15, 13) and once["high_res"].shape[-2:] == (60, 52)  # ceil(H/4)
+
+
+def test_multi_scale_maps_are_normalised_per_class_and_keep_the_image_classes():
+    maps = multiscale_maps(_net(), torch.rand(1, 3, 64, 64), [1.0, 0.5, 1.5])
+    arrays = select_classes({k: v[0] for k, v in maps.items()}, (1, 3))
+    assert arrays["class_ids"].tolist() == [1, 3] and arrays["cam"].shape == (2, 16, 16)
+    peaks = arrays["high_res"].reshape(2, -1).max(1).astype(np.float32)
+    assert np.all((peaks > 0.99) & (peaks <= 1.0)) or np.all(peaks == 0)
+
+
+def _scene(folder, name, label, ground=None):
+    image_path = folder / f"{name}.png"
+    Image.fromarray((np.random.default_rng(0).random((*label.shape, 3)) * 255).astype(np.uint8)).save(image_path)
+    save_label_png(folder / f"{name}_gt.png", label)
+    background = None
+    if ground is not None:
+        background = folder / f"{name}_bg.png"
+        Image.fromarray(ground.astype(np.uint8)).save(background)
+    ids = tuple(int(c) for c in np.unique(label) if c not in (0, 255))
+    return ImageRecord(name, image_path, folder / f"{name}_gt.png", ids, *label.shape, background)
+
+
+def test_make_cams_writes_every_image_then_skips_them_and_restarts_for_another_net(tmp_path):
+    from pipeline.cam.ray_train import save_net
+
+    label = np.zeros((32, 32), np.uint8)
+    label[4:12, 4:12] = 1
+    records = [_scene(tmp_path, f"img{i}", label) for i in range(3)]
+    net_dir, out = tmp_path / "net", tmp_path / "cams"
+    save_net(net_dir, _net(), SMALL, ["a", "b", "c"], "baseline", [])
+    cfg = type("Cfg", (), {"scales": [1.0, 0.5], "batch_size": 2, "num_workers": 0})
+    dist = type("Dist", (), {"use_gpu": False})
+    assert make_cams(records, net_dir, out, cfg, dist) == 3
+    data = load_cam(cam_path(out, "img0"))
+    assert data["class_ids"].tolist() == [1] and data["cam"].shape == (1, 8, 8) and data["high_res"].dtype == np.float16
+    cam_path(out, "img1").unlink()  # as if the run had been killed before this image
+    assert make_cams(records, net_dir, out, cfg, dist) == 1
+    save_net(net_dir, _net(seed=1), SMALL, ["a", "b", "c"], "baseline", [])  # another net: stale CAMs go
+    assert make_cams(records, net_dir, out, cfg, dist) == 3
+    assert not list(out.glob(".*")), "a temporary file was left behind"
+
+
+def test_predict_and_miou_by_hand():
+    scores = np.array([[[0.9, 0.2], [0.4, 0.0]], [[0.1, 0.6], [0.3, 0.0]]], np.float32)
+    pred = predict(scores, np.array([2, 5]), np.array([0.3, 0.5]))
+    assert pred.tolist() == [[[2, 5], [2, 0]], [[2, 5], [0, 0]]]
+    gt = np.array([[2, 5], [255, 0]])
+    conf = confusion(gt, pred[1], 6)
+    # classes present: 0 (1 px right), 2 (1 px right), 5 (1 px right); the 255 pixel is ignored
+    assert conf.sum() == 3 and miou(conf) == pytest.approx(100.0)
+    conf = confusion(gt, pred[0], 6)  # bottom-left is 255: ignored, so still perfect
+    assert miou(conf) == pytest.approx(100.0)
+    conf = confusion(np.array([[2, 2], [0, 0]]), np.array([[2, 0], [0, 0]]), 3)
+    assert miou(conf) == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)  # bg: 2 of 3, class 2: 1 of 2
+
+
+def test_sweep_finds_the_best_threshold_and_the_context_leak(tmp_path):
+    label = np.zeros((8, 8), np.uint8)
+    label[2:4, 2:4] = 1
+    ground = np.zeros((8, 8), np.uint8)
+    ground[4:8] = 3  # the class's context: the lower half (16 free pixels)
+    record = _scene(tmp_path, "s", label, ground)
+    cam = np.zeros((1, 8, 8), np.float16)
+    cam[0, 2:4, 2:4] = 1.0
+    cam[0, 4:6] = 0.4  # half the context at 0.4: leaks below threshold 0.4
+    from pipeline.cam.infer import save_cam
+
+    save_cam(cam_path(tmp_path / "cams", "s"), {"class_ids": np.array([1], np.int16), "high_res": cam, "mask": cam, "cam": cam})
+    ts = thresholds(0.05, 0.95, 0.05)
+    totals = sweep([record], tmp_path / "cams", "high_res", ts, 2, context_ids=[3, 0])
+    metrics, rows = summarise(totals, ts, ["a", "b"])
+    assert metrics["miou"] == pytest.approx(100.0) and metrics["best_threshold"] >= 0.4
+    assert metrics["context_leak"] == 0
+    low = rows[0]  # threshold 0.05: the 16 pixels at 0.4 are marked as the class
+    assert low["context_leak"] == pytest.approx(100 * 16 / 32)
+    assert low["miou"] == pytest.approx(100 * (44 / 60 + 4 / 20) / 2)

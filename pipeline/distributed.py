@@ -28,7 +28,8 @@ def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str):
     """Run `train_fn(config)` on `dist.num_workers` Ray Train workers (DDP) and return the Result.
 
     A worker lost mid-run is replaced and the run resumes from the last reported checkpoint, up
-    to `dist.max_failures` times.
+    to `dist.max_failures` times. Ray Train also resumes a run whose `name` already has
+    checkpoints in the storage, so callers make the name unique to what is being trained.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -38,7 +39,8 @@ def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str):
         train_fn,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu),
+        scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu,
+                                     resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if dist.use_gpu else {})}),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path(dist.storage),
@@ -49,7 +51,7 @@ def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str):
     return trainer.fit()
 
 
-def map_shards(work: Callable[..., Any], items: Sequence, num_workers: int, use_gpu: bool, *args) -> list:
+def map_shards(work: Callable[..., Any], items: Sequence, num_workers: int, use_gpu: bool, *args, cpus: int = 1) -> list:
     """Split `items` into `num_workers` contiguous shards and run `work(shard, *args)` on each as
     a Ray task; `num_workers` 0 runs the work here, in one piece."""
     if num_workers == 0 or len(items) == 0:
@@ -58,5 +60,5 @@ def map_shards(work: Callable[..., Any], items: Sequence, num_workers: int, use_
 
     init_ray()
     shards = [list(items[i::num_workers]) for i in range(num_workers)]
-    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(work)
+    task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0)(work)
     return ray.get([task.remote(shard, *args) for shard in shards if shard])

@@ -170,6 +170,7 @@ class Distributed(Section):
     """Ray Train workers for training, Ray tasks for per-image stages. RAY_ADDRESS joins a cluster."""
 
     num_workers: PositiveInt
+    cpus_per_worker: PositiveInt  # torch threads of each worker (and its Ray CPU reservation)
     use_gpu: bool
     max_failures: NonNegativeInt  # worker failures a training run recovers from (from its last checkpoint)
     storage: str  # Ray Train's storage (checkpoints); relative paths are made absolute from the repo

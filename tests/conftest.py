@@ -51,6 +51,7 @@ def ray_session():
 def tiny_cam(raw: dict) -> dict:
     """Shrink the CAM sections: a narrow net, one short epoch each, single-process CAMs."""
     raw["backbone"].update(widths=[8, 8, 16, 16])
+    raw["distributed"].update(cpus_per_worker=1)
     for section in ("train_cam", "train_clims"):
         raw[section].update(epochs=1, batch_size=4)
     raw["make_cam"].update(scales=[1.0, 0.5], num_workers=0)

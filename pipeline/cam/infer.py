@@ -127,5 +127,5 @@ def make_cams(records: list[ImageRecord], net_dir: Path, out: Path, cfg, dist) -
     load_net(net_dir)  # a missing or broken net stops here, before the output folder exists
     prepare_folder(out, net_dir, cfg.scales)
     written = map_shards(cam_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(out.resolve()),
-                         list(cfg.scales), cfg.batch_size, dist.use_gpu)
+                         list(cfg.scales), cfg.batch_size, dist.use_gpu, cpus=dist.cpus_per_worker)
     return sum(written)

@@ -6,6 +6,7 @@ weights_only=True) and `net.json` (what builds the architecture, plus the traini
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -110,6 +111,7 @@ def train_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    torch.set_num_threads(params.distributed.cpus_per_worker)
     torch.manual_seed(cfg.seed)  # the same initial weights on every worker
     net, step = build_training(params, kind, device, config.get("init_net"), config.get("clip_dir"), config.get("tau"))
     optimizer = make_optimizer(net, cfg)
@@ -159,6 +161,17 @@ def _maybe_fail(config: dict, epoch: int, rank: int, world: int) -> None:
 
 
 # --------------------------------------------------------------------------- the driver side
+def run_name(kind: str, config: dict) -> str:
+    """Ray Train resumes a run from checkpoints stored under its name: the name is unique to
+    what is trained (params, data manifest, initial net), so a killed stage resumes where it
+    stopped and a changed one starts afresh."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for path in (config["manifest"], config.get("init_net") and Path(config["init_net"]) / WEIGHTS_FILE):
+        if path:
+            digest.update(Path(path).read_bytes())
+    return f"train_{kind}-{digest.hexdigest()[:12]}"
+
+
 def train(params: Params, kind: str, manifest: Path, out: Path, *, init_net: Path | None = None,
           clip_dir: Path | None = None, tau: float | None = None, name: str | None = None, **extra) -> list[dict]:
     """Train on Ray Train, export the final net into `out`; returns the per-epoch history."""
@@ -167,7 +180,7 @@ def train(params: Params, kind: str, manifest: Path, out: Path, *, init_net: Pat
     config = {"params": params.model_dump(), "kind": kind, "manifest": str(Path(manifest).resolve()),
               "init_net": str(Path(init_net).resolve()) if init_net else None,
               "clip_dir": str(Path(clip_dir).resolve()) if clip_dir else None, "tau": tau, **extra}
-    result = fit(train_worker, config, params.distributed, name or f"train_{kind}")
+    result = fit(train_worker, config, params.distributed, name or run_name(kind, config))
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as folder:

@@ -4,7 +4,7 @@ For every seed the baseline is trained once; each CLIMS variant starts from it. 
 as their real commands in a scratch folder per run that shares this repository's rendered data
 and CLIP (run `dvc repro prepare_clip` first), so the workspace is left as it was.
 
-    python benchmarks/cam_seeds.py [--seeds 0 1 2] [--variants full no_cbs no_btm] [-S key=value ...]
+    python benchmarks/cam_seeds.py [--seeds 0 1 2] [--variants full no_cbs no_btm camera_ready] [-S key=value ...]
 
 Writes benchmarks/results/cam_seeds.json and prints a table (CAM mIoU at each net's best
 background threshold, P's mIoU, context leak).
@@ -23,7 +23,13 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"full": {}, "no_cbs": {"clims_loss.weights.cbs": 0.0}, "no_btm": {"clims_loss.weights.btm": 0.0}}
+VARIANTS = {
+    "full": {},
+    "no_cbs": {"clims_loss.weights.cbs": 0.0},
+    "no_btm": {"clims_loss.weights.btm": 0.0},
+    "camera_ready": {"clims_loss": yaml.safe_load((REPO / "conf" / "clims_loss" / "camera_ready.yaml").read_text())},
+}
+DEFAULT_VARIANTS = ["full", "no_cbs", "no_btm"]
 SHARED = ("data", "artifacts/clip", "metrics/clip.json")
 
 
@@ -61,7 +67,7 @@ def scores(folder: Path, net: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), applied to every run")
     args = parser.parse_args()
     for path in SHARED:

@@ -103,3 +103,34 @@ def test_gradients_reach_the_masks_through_the_frozen_clip(tiny_clip):
     out["loss"].backward()
     assert masks.grad[0, 0].abs().sum() > 0 and masks.grad[1, 1].abs().sum() > 0
     assert all(p.grad is None for p in tiny_clip.model.parameters())
+
+
+def test_clip_sigmoid_scores_keep_a_gradient_where_the_cosine_clamp_has_none(tiny_clip):
+    classes = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+    plain = ClimsLoss(tiny_clip, classes, classes, LossWeights(1, 0, 0, 0), "improved", tau=0.0)
+    scored = ClimsLoss(tiny_clip, classes, classes, LossWeights(1, 0, 0, 0), "improved", tau=0.0, score=(10.0, -5.0))
+    cos = torch.tensor([-0.3, 0.5], requires_grad=True)
+    assert scored.scores(cos)[1].item() == pytest.approx(0.5)  # sigmoid(10 * 0.5 - 5)
+    otm_loss(plain.scores(cos)).backward()
+    assert cos.grad[0] == 0  # the reference: below the 1e-4 clamp, nothing pulls the mask back
+    cos.grad = None
+    otm_loss(scored.scores(cos)).backward()
+    assert cos.grad[0] < -4  # -d/ds log sigmoid(10 s - 5) = -10 (1 - p): about -10 here, halved by the mean
+
+
+def test_tau_auto_is_halfway_between_the_clip_figures(tmp_path):
+    import json
+
+    from pipeline.cam.report import resolve_tau
+    from pipeline.errors import UserError
+    from pipeline.params import ClimsLoss as ClimsLossParams
+
+    cfg = ClimsLossParams(variant="improved", score="cosine", weights={"otm": 10.0, "btm": 24.0, "cbs": 1.0, "reg": 0.2},
+                          tau="auto", class_backgrounds=None)
+    figures = tmp_path / "clip.json"
+    figures.write_text(json.dumps({"cos_object_vs_background_p99": 0.1, "cos_context_together_mean": 0.7}))
+    tau, recorded = resolve_tau(cfg, figures)
+    assert tau == pytest.approx(0.4) and recorded["tau_cos_context_together_mean"] == 0.7
+    assert resolve_tau(cfg.model_copy(update={"tau": 0.26}), figures)[0] == 0.26
+    with pytest.raises(UserError, match="missing.json: missing"):
+        resolve_tau(cfg, tmp_path / "missing.json")

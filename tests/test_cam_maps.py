@@ -11,7 +11,7 @@ from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
 from pipeline.io import save_label_png
 from pipeline.metrics import confusion, miou
-from pipeline.params import Backbone
+from pipeline.params import Backbone, Distributed, MakeCam
 
 SMALL = Backbone(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
 
@@ -81,8 +81,8 @@ def test_make_cams_writes_every_image_then_skips_them_and_restarts_for_another_n
     records = [_scene(tmp_path, f"img{i}", label) for i in range(3)]
     net_dir, out = tmp_path / "net", tmp_path / "cams"
     save_net(net_dir, _net(), SMALL, ["a", "b", "c"], "baseline", [])
-    cfg = type("Cfg", (), {"scales": [1.0, 0.5], "batch_size": 2, "num_workers": 0})
-    dist = type("Dist", (), {"use_gpu": False})
+    cfg = MakeCam(scales=[1.0, 0.5], batch_size=2, num_workers=0)
+    dist = Distributed(num_workers=1, cpus_per_worker=1, use_gpu=False, max_failures=0, storage="unused")
     assert make_cams(records, net_dir, out, cfg, dist) == 3
     data = load_cam(cam_path(out, "img0"))
     assert data["class_ids"].tolist() == [1] and data["cam"].shape == (1, 8, 8) and data["high_res"].dtype == np.float16

@@ -27,6 +27,7 @@ def test_two_worker_ddp_trains_reports_and_checkpoints(world):
     params, root = world
     history = train(params, "baseline", root / "data" / "train.parquet", root / "net", name="ddp")
     assert [row["epoch"] for row in history] == [1, 2, 3] and all(row["start_epoch"] == 0 for row in history)
+    assert all(row["workers"] == 2 for row in history)
     assert all(math.isfinite(row["loss"]) for row in history)
     checkpoints = [p for p in Path(params.distributed.storage, "ddp").glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 2  # one per epoch, the latest two kept

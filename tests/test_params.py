@@ -101,3 +101,30 @@ def test_clims_compose_check_and_validate():
     )
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: conf/: dataset.num_train: expected an integer, got 'lots'"
+
+
+def test_camera_ready_group_composes_and_validates():
+    params = validate(compose(["clims_loss=camera_ready", "backbone=resnet50"], conf_dir=REPO / "conf"))
+    assert params.clims_loss.variant == "camera_ready" and params.clims_loss.class_backgrounds["boat"] == ["water"]
+    assert params.backbone.strides == [2, 2, 2, 1]
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("train_clims", "batch_size", 15, "train_clims.batch_size: 15 does not split over distributed.num_workers=2"),
+    ("clims_loss", "class_backgrounds", {"ship": ["water"]}, "clims_loss.class_backgrounds.ship: not a class of the dataset"),
+    ("clims_loss", "class_backgrounds", {"boat": ["ocean"]}, "clims_loss.class_backgrounds.boat: ['ocean'] not in the background prompts"),
+    ("backbone", "widths", [32, 64], "backbone: widths: small_resnet needs 4 values"),
+    ("clims_loss", "tau", "high", "clims_loss.tau"),
+    ("train_cam", "schedule", "step", "train_cam.schedule"),
+])
+def test_cam_sections_are_checked(base_params, section, key, value, message):
+    raw = copy.deepcopy(base_params)
+    raw["distributed"]["num_workers"] = 2
+    raw[section][key] = value
+    assert message in _error(raw)
+
+
+def test_camera_ready_without_class_prompts_is_refused(base_params):
+    raw = copy.deepcopy(base_params)
+    raw["clims_loss"]["variant"] = "camera_ready"
+    assert "class_backgrounds: the camera_ready variant needs" in _error(raw)

@@ -21,7 +21,7 @@ from pipeline.cam.nets import CamNet, build_cam_net
 from pipeline.cam.train import baseline_step, clims_step, make_optimizer, make_scheduler, train_epoch
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import UserError
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, write_json
 from pipeline.params import Backbone, Params, validate
 
 STATE_FILE, WEIGHTS_FILE, NET_FILE = "state.pt", "weights.pt", "net.json"
@@ -35,8 +35,7 @@ def save_net(folder: Path, net: CamNet, backbone: Backbone, class_names: list[st
         torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
     meta = {"kind": kind, "class_names": class_names, "bias": net.classifier.bias is not None,
             "backbone": backbone.model_dump(), "history": history}
-    with atomic_path(folder / NET_FILE) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(folder / NET_FILE, meta)
 
 
 def load_net(folder: str | Path, device: str | torch.device = "cpu") -> tuple[CamNet, dict]:
@@ -137,7 +136,7 @@ def train_worker(config: dict) -> None:
         sampler.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch * 16 + rank)  # augmentation: the same after a resume
         means = _all_reduce_means(train_epoch(model, step, loader, optimizer, scheduler, device))
-        metrics = {"epoch": epoch + 1, "start_epoch": start, **means}  # start_epoch > 0: resumed
+        metrics = {"epoch": epoch + 1, "start_epoch": start, "workers": world, **means}  # start_epoch > 0: resumed
         history.append(metrics)
         if rank == 0:
             state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -162,13 +161,17 @@ def _maybe_fail(config: dict, epoch: int, rank: int, world: int) -> None:
 
 # --------------------------------------------------------------------------- the driver side
 def run_name(kind: str, config: dict) -> str:
-    """Ray Train resumes a run from checkpoints stored under its name: the name is unique to
-    what is trained (params, data manifest, initial net), so a killed stage resumes where it
-    stopped and a changed one starts afresh."""
+    """Ray Train resumes a run from the checkpoints stored under its name, so the name is a hash
+    of everything the training depends on: params, data manifest, initial net, CLIP, and this
+    package's training code. A killed stage resumes where it stopped; a changed one starts afresh."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for path in (config["manifest"], config.get("init_net") and Path(config["init_net"]) / WEIGHTS_FILE):
-        if path:
-            digest.update(Path(path).read_bytes())
+    inputs = [Path(config["manifest"])]
+    for folder in (config.get("init_net"), config.get("clip_dir")):
+        inputs += sorted(Path(folder).glob("*.pt")) if folder else []
+    package = Path(__file__).resolve().parents[1]
+    inputs += sorted(package.glob("cam/*.py")) + [package / "distributed.py", package / "params.py"]
+    for path in inputs:
+        digest.update(path.read_bytes())
     return f"train_{kind}-{digest.hexdigest()[:12]}"
 
 
@@ -177,6 +180,11 @@ def train(params: Params, kind: str, manifest: Path, out: Path, *, init_net: Pat
     """Train on Ray Train, export the final net into `out`; returns the per-epoch history."""
     from pipeline.distributed import fit
 
+    cfg = params.train_cam if kind == "baseline" else params.train_clims
+    labelled = sum(1 for r in read_manifest(manifest) if r.class_ids)
+    if labelled < cfg.batch_size:
+        section = "train_cam" if kind == "baseline" else "train_clims"
+        raise UserError(f"{manifest}: {labelled} images with classes, fewer than {section}.batch_size={cfg.batch_size}")
     config = {"params": params.model_dump(), "kind": kind, "manifest": str(Path(manifest).resolve()),
               "init_net": str(Path(init_net).resolve()) if init_net else None,
               "clip_dir": str(Path(clip_dir).resolve()) if clip_dir else None, "tau": tau, **extra}

@@ -6,7 +6,7 @@ and CLIP (run `dvc repro prepare_clip` first), so the workspace is left as it wa
 
     python benchmarks/cam_seeds.py [--seeds 0 1 2] [--variants full no_cbs no_btm camera_ready] [-S key=value ...]
 
-Writes benchmarks/results/cam_seeds.json and prints a table (CAM mIoU at each net's best
+Writes benchmarks/results/cam_seeds.json (or --out) and prints a table (CAM mIoU at each net's best
 background threshold, P's mIoU, context leak).
 """
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--out", default="benchmarks/results/cam_seeds.json", help="results file (relative to the repository)")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), applied to every run")
     args = parser.parse_args()
     for path in SHARED:
@@ -101,7 +102,7 @@ def main() -> None:
             results[f"{name}/{variant}"] = scores(run, "clims")
             print(name, variant, results[f"{name}/{variant}"], flush=True)
 
-    out = REPO / "benchmarks" / "results" / "cam_seeds.json"
+    out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"overrides": args.overrides, "runs": results}, indent=2) + "\n")
     print(f"\n| run | CAM mIoU (best t) | gain over baseline | P mIoU | context leak |\n|---|---|---|---|---|")

@@ -105,7 +105,7 @@ def main() -> None:
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"overrides": args.overrides, "runs": results}, indent=2) + "\n")
-    print(f"\n| run | CAM mIoU (best t) | gain over baseline | P mIoU | context leak |\n|---|---|---|---|---|")
+    print("\n| run | CAM mIoU (best t) | gain over baseline | P mIoU | context leak |\n|---|---|---|---|---|")
     for kind in ["baseline", *args.variants]:
         rows = [results[f"seed{s}/{kind}"] for s in args.seeds]
         gains = [results[f"seed{s}/{kind}"]["miou"] - results[f"seed{s}/baseline"]["miou"] for s in args.seeds]

@@ -15,18 +15,16 @@ initialised tiny CLIP and random images: the timing does not depend on the weigh
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from common import REPO, write_results
 from pipeline.cam.losses import ClimsLoss, LossWeights, btm_loss, cbs_loss_thresholded, otm_loss, reg_loss
 from pipeline.cam.nets import build_cam_net
 from pipeline.params import load_params
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def load_supervisor(params, device):
@@ -141,10 +139,7 @@ def main() -> None:
         "speedup": seconds["original"] / seconds["batched"],
         "max_loss_difference": max(difference.values()), "max_gradient_difference": gradient_difference,
     }
-    print(json.dumps(report, indent=2))
-    out = REPO / "benchmarks" / "results" / f"clims_step_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(f"clims_step_{device.type}", report)
 
 
 if __name__ == "__main__":

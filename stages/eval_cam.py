@@ -24,6 +24,5 @@ def main(params, kind: str):
               f"P mIoU {metrics['mask_miou']:.1f} at {metrics['mask_best_threshold']:.2f}")
 
 
-
 if __name__ == "__main__":
     run_stage(lambda params: main(params, stage_argument(layout.CAM_NETS)))

@@ -13,6 +13,5 @@ def main(params, kind: str):
         print(f"make_cam {kind}: {written} CAMs written, {len(records) - written} already there")
 
 
-
 if __name__ == "__main__":
     run_stage(lambda params: main(params, stage_argument(layout.CAM_NETS)))

@@ -86,12 +86,11 @@ class ClimsLoss(nn.Module):
         """`score` (scale, bias): score pairs by the CLIP's own sigmoid(scale * cosine + bias)
         instead of the cosine (see module doc); tau stays a cosine."""
         super().__init__()
-        self.score = score
         if variant not in ("improved", "camera_ready"):
             raise ValueError(f"unknown CLIMS variant {variant!r}")
         if variant == "camera_ready" and class_prompt_mask is None:
             raise ValueError("the camera_ready variant needs each class's background prompts")
-        self.clip, self.weights, self.variant, self.tau = clip, weights, variant, tau
+        self.clip, self.weights, self.variant, self.tau, self.score = clip, weights, variant, tau, score
         self.register_buffer("class_embeddings", class_embeddings)
         self.register_buffer("background_embeddings", background_embeddings)
         self.register_buffer("class_prompt_mask", class_prompt_mask if class_prompt_mask is not None else torch.zeros(0))

@@ -25,8 +25,7 @@ def log_history(run, stage: str, history: list[dict], extra: dict | None = None)
     write_curve(layout.PLOTS_DIR / f"{stage}.csv", history)
     for row in history:
         run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-    final = {**{k: v for k, v in history[-1].items()}, **(extra or {})}
-    write_json(layout.METRICS_DIR / f"{stage}.json", final)
+    write_json(layout.METRICS_DIR / f"{stage}.json", {**history[-1], **(extra or {})})
     run.log_metrics(extra or {})
 
 

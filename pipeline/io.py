@@ -1,6 +1,7 @@
 """Atomic file writing: a killed stage never leaves a half-written file or folder behind."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,6 +12,8 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image
+
+from pipeline.errors import UserError
 
 
 @contextmanager
@@ -66,6 +69,24 @@ def write_json(path: str | Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+SOURCE_FILE = "source.json"
+
+
+def resume_folder(out: Path, stamp: dict) -> None:
+    """Prepare the output folder of a per-image stage: keep the files of an interrupted run made
+    from the same inputs (`stamp`, recorded in source.json), clear anything else."""
+    source = out / SOURCE_FILE
+    if out.exists() and (not source.is_file() or json.loads(source.read_text()) != stamp):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not source.is_file():
+        write_json(source, stamp)
+
+
 def voc_palette() -> list[int]:
     """The PASCAL VOC colour map (class c's colour from the bits of c), 255 -> cream (ignore)."""
     palette = []
@@ -86,6 +107,20 @@ def save_label_png(path: str | Path, label: np.ndarray) -> None:
     image = Image.fromarray(label.astype(np.uint8), mode="P")
     image.putpalette(voc_palette())
     image.save(path)
+
+
+def label_png_path(folder: str | Path, image_id: str) -> Path:
+    """Where a per-image label map lives (IR labels, pseudo labels, predictions)."""
+    return Path(folder) / f"{image_id}.png"
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """A label map (H, W) of class ids from an indexed PNG."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable label map ({exc})") from None
 
 
 def colorize(label: np.ndarray) -> np.ndarray:

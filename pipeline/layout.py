@@ -20,3 +20,8 @@ def net_dir(kind: str) -> Path:
 def cams_dir(kind: str) -> Path:
     """One CAM file per training image, from that net."""
     return Path("artifacts") / f"cams_{kind}"
+
+
+IR_LABELS_DIR = Path("artifacts/ir_labels")  # one PNG per training image, 255 = unsure
+IRN_DIR = Path("artifacts/net_irn")  # the boundary net: weights.pt + net.json
+PSEUDO_LABELS_DIR = Path("artifacts/pseudo_labels")  # one PNG per training image

@@ -251,6 +251,70 @@ class EvalCam(Section):
     overlays: Annotated[int, Field(ge=0, le=64)]  # CAM overlays sent to MLflow
 
 
+# --------------------------------------------------------------------------- IRN refinement
+class Crf(Section):
+    """Dense CRF (pipeline.irn.crf): the reference's kernels, a local window of exact evaluation."""
+
+    iterations: NonNegativeInt
+    gaussian_sxy: PositiveFloat
+    gaussian_compat: Annotated[float, Field(ge=0.0)]
+    bilateral_sxy: PositiveFloat
+    bilateral_srgb: PositiveFloat
+    bilateral_compat: Annotated[float, Field(ge=0.0)]
+    gt_prob: Annotated[float, Field(gt=0.0, lt=1.0)]  # unary: probability of the given label
+    window: PositiveInt  # half-width of the message window, in message pixels
+    downsample: PositiveInt  # message resolution = image / this
+
+
+class MakeIrLabel(Section):
+    cams: Literal["baseline", "clims"]  # whose CAMs are refined
+    fg_threshold: Probability  # background score for confident foreground
+    bg_threshold: Probability  # background score for confident background
+    batch_size: PositiveInt
+    num_workers: NonNegativeInt
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.bg_threshold > self.fg_threshold:
+            raise ValueError(f"bg_threshold ({self.bg_threshold}) is above fg_threshold ({self.fg_threshold})")
+        return self
+
+
+class TrainIrn(Section):
+    """IRN's boundary branch on a frozen backbone, from the IR labels' pixel pairs."""
+
+    features_from: Literal["baseline", "clims", "backbone"]  # a CAM net's backbone, or `backbone` with its weights file
+    seed: NonNegativeInt
+    epochs: PositiveInt
+    batch_size: PositiveInt  # over all workers
+    lr: PositiveFloat
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    schedule: Literal["cosine", "poly"]
+    crop_size: Annotated[int, Field(ge=16)]
+    long_side: list[PositiveInt] = Field(min_length=2, max_length=2)
+    radius: Annotated[int, Field(ge=2)]  # pixel pairs within this distance on the stride-4 grid
+    side_channels: Annotated[int, Field(ge=4, multiple_of=4)]  # GroupNorm(4) per side output
+    loader_workers: NonNegativeInt
+
+
+class MakeSemSeg(Section):
+    """Random walk of the CAMs over the boundary net's affinities (pipeline.irn.random_walk)."""
+
+    radius: Annotated[int, Field(ge=2)]
+    beta: PositiveFloat
+    exp_times: Annotated[int, Field(ge=0, le=12)]  # 2^exp_times steps
+    damp_boundary: bool  # start from CAM x (1 - boundary), as IRN does
+    bg_threshold: Probability  # background score after the walk
+    crf: bool  # refine the walked labels with the dense CRF (section crf) on the image
+    batch_size: PositiveInt
+    num_workers: NonNegativeInt
+
+
+class EvalSemSeg(Section):
+    overlays: Annotated[int, Field(ge=0, le=64)]
+
+
 # --------------------------------------------------------------------------- tracking
 class Tracking(Section):
     uri: Optional[str]  # None: sqlite:///<repo>/mlflow.db, or $MLFLOW_TRACKING_URI when set
@@ -267,14 +331,22 @@ class Params(Section):
     clims_loss: ClimsLoss
     make_cam: MakeCam
     eval_cam: EvalCam
+    crf: Crf
+    make_ir_label: MakeIrLabel
+    train_irn: TrainIrn
+    make_sem_seg: MakeSemSeg
+    eval_sem_seg: EvalSemSeg
     tracking: Tracking
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        for section in ("train_cam", "train_clims"):
+        for section in ("train_cam", "train_clims", "train_irn"):
             batch = getattr(self, section).batch_size
             if batch % self.distributed.num_workers:
                 raise ValueError(f"{section}.batch_size: {batch} does not split over distributed.num_workers={self.distributed.num_workers}")
+        if self.train_irn.features_from == "backbone" and not self.backbone.weights:
+            raise ValueError("train_irn.features_from: 'backbone' needs backbone.weights (a frozen ImageNet backbone); "
+                             "use a CAM net's (baseline or clims) otherwise")
         backgrounds = self.clims_loss.class_backgrounds or {}
         for name, prompts in backgrounds.items():
             if name not in self.dataset.class_names:

@@ -1,7 +1,7 @@
 """DVC stage eval_cam (baseline or clims): mIoU over background thresholds, context leak, P's mIoU."""
 from pipeline import layout, tracking
 from pipeline.cam.evaluate import evaluate_cams, overlay
-from pipeline.cam.report import write_curve
+from pipeline.report import write_curve
 from pipeline.data.manifest import read_manifest
 from pipeline.io import write_json
 from pipeline.stage import run_stage, stage_argument

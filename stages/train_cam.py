@@ -1,7 +1,7 @@
 """DVC stage train_cam: the baseline CAM net (GAP + multilabel soft-margin) on Ray Train."""
 from pipeline import layout, tracking
 from pipeline.cam.ray_train import train
-from pipeline.cam.report import log_history
+from pipeline.report import log_history
 from pipeline.io import atomic_dir
 from pipeline.stage import run_stage
 

@@ -49,11 +49,16 @@ def ray_session():
 
 
 def tiny_cam(raw: dict) -> dict:
-    """Shrink the CAM sections: a narrow net, one short epoch each, single-process CAMs."""
+    """Shrink the CAM and IRN sections: a narrow net, one short epoch each, single-process
+    per-image stages."""
     raw["backbone"].update(widths=[8, 8, 16, 16])
     raw["distributed"].update(cpus_per_worker=1)
     for section in ("train_cam", "train_clims"):
         raw[section].update(epochs=1, batch_size=4)
     raw["make_cam"].update(scales=[1.0, 0.5], num_workers=0)
     raw["eval_cam"].update(overlays=2)
+    raw["make_ir_label"].update(num_workers=0)
+    raw["train_irn"].update(epochs=1, batch_size=4, radius=4, side_channels=8)
+    raw["make_sem_seg"].update(exp_times=4, num_workers=0)
+    raw["eval_sem_seg"].update(overlays=2)
     return raw

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cam.evaluate import predict, summarise, sweep, thresholds
+from pipeline.cam.evaluate import cam_predictions, predict, summarise, sweep, thresholds
 from pipeline.cam.infer import cam_path, load_cam, make_cams, multiscale_maps, normalise, select_classes
 from pipeline.cam.nets import build_cam_net
 from pipeline.data.manifest import ImageRecord
@@ -120,7 +120,7 @@ def test_sweep_finds_the_best_threshold_and_the_context_leak(tmp_path):
 
     save_cam(cam_path(tmp_path / "cams", "s"), {"class_ids": np.array([1], np.int16), "high_res": cam, "mask": cam, "cam": cam})
     ts = thresholds(0.05, 0.95, 0.05)
-    totals = sweep([record], tmp_path / "cams", "high_res", ts, 2, context_ids=[3, 0])
+    totals = sweep([record], cam_predictions(tmp_path / "cams", "high_res", ts), len(ts), 2, context_ids=[3, 0])
     metrics, rows = summarise(totals, ts, ["a", "b"])
     assert metrics["miou"] == pytest.approx(100.0) and metrics["best_threshold"] >= 0.4
     assert metrics["context_leak"] == 0

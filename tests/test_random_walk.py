@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from pipeline.irn.random_walk import dense_transition, neighbour_offsets, path_affinities, path_points, propagate
+from pipeline.irn.affinity import neighbour_offsets, path_affinities, path_points
+from pipeline.irn.random_walk import dense_transition, propagate
 
 
 def test_path_affinity_is_one_minus_the_highest_boundary_on_the_way():
@@ -14,7 +15,12 @@ def test_path_affinity_is_one_minus_the_highest_boundary_on_the_way():
     assert across[0, 0].item() == pytest.approx(0.1) and across[0, 3] == 0  # across the wall / off the grid
     assert down[2, 0] == 0.5  # the path (2,0) -> (4,0) ends on a 0.5 boundary pixel
     assert outside[0, 0] == 0 and outside[0, 1] == 1
-    assert path_points(2, 4) == [(0, 0), (0, 1), (1, 2), (2, 3), (2, 4)]
+    # every cell the segment touches, so a diagonal step cannot slip between two boundary cells
+    assert path_points(2, 4) == [(0, 0), (0, 1), (1, 1), (1, 2), (1, 3), (2, 3), (2, 4)]
+    assert path_points(1, 1) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    wall = torch.zeros(3, 3)
+    wall[0, 1] = wall[1, 0] = 1.0  # a one-cell-thin diagonal boundary
+    assert path_affinities(wall, [(1, 1)])[0, 0, 0] == 0
     assert len(neighbour_offsets(5)) == 68  # IRN's radius-5 neighbourhood: 0 < dy^2 + dx^2 < 25
 
 
@@ -33,3 +39,12 @@ def test_sparse_propagation_equals_the_dense_matrix_power():
     seed[0, 4, 1] = 1
     spread = propagate(seed, boundary, radius, beta, exp)[0]
     assert spread[:, :5].sum() > 50 * spread[:, 6:].sum()
+
+
+def test_a_batch_walks_like_its_images_one_by_one():
+    torch.manual_seed(1)
+    boundary = torch.rand(3, 7, 8) * 0.5
+    cams = torch.rand(3, 2, 7, 8)
+    batched = propagate(cams, boundary, radius=3, beta=5.0, exp=3)
+    single = torch.stack([propagate(c, b, radius=3, beta=5.0, exp=3) for c, b in zip(cams, boundary)])
+    assert torch.allclose(batched, single, atol=1e-6)

@@ -19,7 +19,8 @@ SMALL_CLIP = {
 
 
 STAGES = ["prepare_data", "prepare_clip", "train_cam", "train_clims",
-          *[(stage, net) for net in ("baseline", "clims") for stage in ("make_cam", "eval_cam")]]
+          *[(stage, net) for net in ("baseline", "clims") for stage in ("make_cam", "eval_cam")],
+          "make_ir_label", "train_irn", "make_sem_seg", "eval_sem_seg"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def test_stage_runs_are_tracked_under_one_parent(workdir, mlflow_uri):
     runs = client.search_runs([client.get_experiment_by_name("stage-test").experiment_id])
     children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert set(children) == {"prepare_data", "prepare_clip", "train_cam", "train_clims", "make_cam_baseline",
-                             "make_cam_clims", "eval_cam_baseline", "eval_cam_clims"}
+                             "make_cam_clims", "eval_cam_baseline", "eval_cam_clims", "make_ir_label", "train_irn",
+                             "make_sem_seg", "eval_sem_seg"}
     assert len({r.data.tags["mlflow.parentRunId"] for r in children.values()}) == 1
     assert "object_top1" in children["prepare_clip"].data.metrics
     assert "train_object_pixel_fraction" in children["prepare_data"].data.metrics
@@ -107,6 +109,33 @@ def test_cam_stages_chain_nets_cams_and_scores(workdir):
         assert curve[0].startswith("threshold,miou") and len(curve) == 1 + 19
 
 
+def test_irn_stages_chain_ir_labels_boundary_net_and_pseudo_labels(workdir, mlflow_uri):
+    from mlflow import MlflowClient
+
+    from pipeline.io import read_label
+    from pipeline.irn.net import load_boundary_net
+
+    records = read_manifest(workdir / "data" / "train.parquet")
+    for record in records:
+        ir_label = read_label(workdir / "artifacts" / "ir_labels" / f"{record.image_id}.png")
+        pseudo = read_label(workdir / "artifacts" / "pseudo_labels" / f"{record.image_id}.png")
+        assert ir_label.shape == pseudo.shape == (record.height, record.width)
+        assert set(np.unique(ir_label).tolist()) <= {0, 255, *record.class_ids}
+        assert set(np.unique(pseudo).tolist()) <= {0, *record.class_ids}
+    net, meta = load_boundary_net(workdir / "artifacts" / "net_irn")
+    assert len(meta["history"]) == 1 and {"bg_pos", "fg_pos", "neg", "loss"} <= set(meta["history"][0])
+    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 1, 16, 16)
+    quality = json.loads((workdir / "metrics" / "ir_labels.json").read_text())
+    assert 0 < quality["coverage"] <= 100 and 0 <= quality["miou"] <= 100
+    scores = json.loads((workdir / "metrics" / "pseudo_labels.json").read_text())
+    assert 0 <= scores["miou"] <= 100 and {"per_class_iou", "context_leak"} <= set(scores)
+    per_class = (workdir / "plots" / "pseudo_labels_per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,cam,pseudo_label" and per_class[1].startswith("background,")
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("stage-test").experiment_id], "attributes.run_name = 'eval_sem_seg'")[0]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "overlays")}, "no overlays logged"
+
+
 def test_a_missing_net_is_one_clear_error(workdir, tmp_path, mlflow_uri):
     import shutil
 
@@ -115,4 +144,8 @@ def test_a_missing_net_is_one_clear_error(workdir, tmp_path, mlflow_uri):
     result = run_stage("make_cam", tmp_path, mlflow_uri, "clims")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: artifacts/net_clims/net.json: no trained CAM net here (run its training stage first)"
+    assert not (tmp_path / "artifacts").exists()
+    result = run_stage("make_sem_seg", tmp_path, mlflow_uri)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: artifacts/net_irn/net.json: no trained IRN here (run train_irn first)"
     assert not (tmp_path / "artifacts").exists()

@@ -1,5 +1,6 @@
 """Images and image-level labels for CAM training, with the reference's augmentation:
-random long-side rescale, horizontal flip, random crop (zero padding where the image is smaller).
+random long-side rescale, horizontal flip, random crop (zero padding where the image is smaller);
+the same augmentation carries a label map along (IRN training).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from PIL import Image
 
 from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
+from pipeline.metrics import IGNORE
 
 
 def load_image(path) -> torch.Tensor:
@@ -45,21 +47,31 @@ class CamTrainSet(torch.utils.data.Dataset):
         return image, multi_hot(record.class_ids, self.num_classes)
 
 
-def augment(image: torch.Tensor, crop_size: int, long_side: tuple[int, int]) -> torch.Tensor:
+def augment(image: torch.Tensor, crop_size: int, long_side: tuple[int, int], label: torch.Tensor | None = None):
+    """Random long-side rescale, flip and crop of an image (3, H, W); a label map (H, W), when
+    given, gets the same (nearest rescale, 255 outside the image) and (image, label) is returned."""
     height, width = image.shape[-2:]
     target = int(torch.randint(long_side[0], long_side[1] + 1, ()).item())
     scale = target / max(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+    if label is not None:
+        image = torch.cat([image, F.interpolate(label[None, None].float(), size=size, mode="nearest")[0]])
     if torch.rand(()) < 0.5:
         image = image.flip(-1)
-    return random_crop(image, crop_size)
+    if label is None:
+        return random_crop(image, crop_size)
+    cropped = random_crop(image, crop_size, fill=(0.0, 0.0, 0.0, float(IGNORE)))
+    return cropped[:3], cropped[3].long()
 
 
-def random_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """A size x size window at a random place; the part outside the image is zero (black)."""
-    height, width = image.shape[-2:]
-    out = image.new_zeros(3, size, size)
+def random_crop(image: torch.Tensor, size: int, fill: tuple[float, ...] | None = None) -> torch.Tensor:
+    """A size x size window at a random place; outside the image each channel is `fill` (default
+    zero: black)."""
+    channels, height, width = image.shape
+    out = image.new_zeros(channels, size, size)
+    if fill is not None:
+        out += torch.tensor(fill, dtype=image.dtype).view(-1, 1, 1)
     top = int(torch.randint(0, abs(height - size) + 1, ()).item())
     left = int(torch.randint(0, abs(width - size) + 1, ()).item())
     # Where the image is larger, the window moves over it; where smaller, the image moves in the window.

@@ -12,6 +12,7 @@ over classes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -19,6 +20,7 @@ from PIL import Image
 from pipeline.cam.infer import cam_path, load_cam
 from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
+from pipeline.io import label_png_path, read_label
 from pipeline.metrics import confusion, iou, miou
 
 SCORED_MAPS = ("high_res", "mask")
@@ -37,14 +39,6 @@ def predict(scores: np.ndarray, class_ids: np.ndarray, ts: np.ndarray) -> np.nda
     return np.where(best[None] > ts[:, None, None], label[None], 0)
 
 
-def read_label(path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image)
-    except OSError as exc:
-        raise UserError(f"{path}: unreadable label map ({exc})") from None
-
-
 @dataclass
 class SweepTotals:
     """Confusions per threshold and context-leak counts per (threshold, class)."""
@@ -54,20 +48,17 @@ class SweepTotals:
     context: np.ndarray  # C
 
 
-def sweep(records: list[ImageRecord], cam_folder, key: str, ts: np.ndarray, num_classes: int,
-          context_ids: list[int] | None = None) -> SweepTotals:
-    """Accumulate the sweep over images; `context_ids[c-1]` is class c's context background id."""
+def sweep(records: list[ImageRecord], predictions: Callable[[ImageRecord], np.ndarray], num_thresholds: int,
+          num_classes: int, context_ids: list[int] | None = None) -> SweepTotals:
+    """Accumulate over images the scores of `predictions(record)`, label maps (T, H, W) (one per
+    threshold); `context_ids[c-1]` is class c's context background id."""
     labels = num_classes + 1
-    totals = SweepTotals(np.zeros((len(ts), labels, labels), np.int64), np.zeros((len(ts), num_classes)), np.zeros(num_classes))
+    totals = SweepTotals(np.zeros((num_thresholds, labels, labels), np.int64), np.zeros((num_thresholds, num_classes)), np.zeros(num_classes))
     for record in records:
-        path = cam_path(cam_folder, record.image_id)
-        if not path.is_file():
-            raise UserError(f"{path}: CAM file missing (run make_cam first)")
-        data = load_cam(path)
         gt = read_label(record.label_path)
-        if data[key].shape[-2:] != gt.shape:
-            raise UserError(f"{path}: CAM size {data[key].shape[-2:]} does not match {record.label_path} {gt.shape}")
-        pred = predict(data[key].astype(np.float32), data["class_ids"], ts)
+        pred = predictions(record)
+        if pred.shape[-2:] != gt.shape:
+            raise UserError(f"{record.image_id}: prediction size {pred.shape[-2:]} does not match {record.label_path} {gt.shape}")
         totals.confusion += confusion(gt, pred, labels)
         if context_ids is not None and record.background_path is not None:
             ground = read_label(record.background_path)
@@ -76,6 +67,18 @@ def sweep(records: list[ImageRecord], cam_folder, key: str, ts: np.ndarray, num_
                 totals.context[c - 1] += where.sum()
                 totals.leaked[:, c - 1] += (pred[:, where] == c).sum(-1)
     return totals
+
+
+def cam_predictions(cam_folder, key: str, ts: np.ndarray) -> Callable[[ImageRecord], np.ndarray]:
+    """An image's label maps at every background threshold, from its CAM file."""
+    def predictions(record: ImageRecord) -> np.ndarray:
+        path = cam_path(cam_folder, record.image_id)
+        if not path.is_file():
+            raise UserError(f"{path}: CAM file missing (run make_cam first)")
+        data = load_cam(path)
+        return predict(data[key].astype(np.float32), data["class_ids"], ts)
+
+    return predictions
 
 
 def summarise(totals: SweepTotals, ts: np.ndarray, class_names: list[str], prefix: str = "") -> tuple[dict, list[dict]]:
@@ -107,15 +110,30 @@ def context_ids(dataset) -> list[int] | None:
     return [backgrounds.index(c) for c in contexts] if contexts and all(c in backgrounds for c in contexts) else None
 
 
-def evaluate_cams(records: list[ImageRecord], cam_folder, dataset, sweep_cfg) -> tuple[dict, list[dict]]:
-    """Scores of the CAM ('high_res', keys without prefix) and of P ('mask', keys 'mask_...')."""
-    ts = thresholds(sweep_cfg.start, sweep_cfg.stop, sweep_cfg.step)
+def with_ground_truth(records: list[ImageRecord]) -> list[ImageRecord]:
     scored = [r for r in records if r.label_path is not None]
     if not scored:
         raise UserError("no image of the split has a ground-truth label map to score against")
+    return scored
+
+
+def evaluate_label_maps(records: list[ImageRecord], folder, dataset) -> dict:
+    """mIoU, per-class IoU and context leak of one label-map PNG per image (pseudo labels)."""
+    scored = with_ground_truth(records)
+    totals = sweep(scored, lambda r: read_label(label_png_path(folder, r.image_id))[None], 1,
+                   len(dataset.class_names), context_ids(dataset))
+    metrics, _ = summarise(totals, np.zeros(1), dataset.class_names)
+    metrics.pop("best_threshold")
+    return {"images": len(scored), **metrics}
+
+
+def evaluate_cams(records: list[ImageRecord], cam_folder, dataset, sweep_cfg) -> tuple[dict, list[dict]]:
+    """Scores of the CAM ('high_res', keys without prefix) and of P ('mask', keys 'mask_...')."""
+    ts = thresholds(sweep_cfg.start, sweep_cfg.stop, sweep_cfg.step)
+    scored = with_ground_truth(records)
     metrics, curve = {"images": len(scored)}, {float(t): {"threshold": float(t)} for t in ts}
     for key, prefix in (("high_res", ""), ("mask", "mask_")):
-        totals = sweep(scored, cam_folder, key, ts, len(dataset.class_names), context_ids(dataset))
+        totals = sweep(scored, cam_predictions(cam_folder, key, ts), len(ts), len(dataset.class_names), context_ids(dataset))
         figures, rows = summarise(totals, ts, dataset.class_names, prefix)
         metrics.update(figures)
         for row in rows:
@@ -127,13 +145,17 @@ def evaluate_cams(records: list[ImageRecord], cam_folder, dataset, sweep_cfg) ->
 
 
 def overlay(record: ImageRecord, cam_folder, key: str, threshold: float) -> np.ndarray:
-    """The image, its ground truth and the prediction at `threshold`, side by side (uint8 RGB)."""
+    """The image, its ground truth, the CAM and the prediction at `threshold`, side by side (uint8 RGB)."""
+    data = load_cam(cam_path(cam_folder, record.image_id))
+    pred = predict(data[key].astype(np.float32), data["class_ids"], np.asarray([threshold]))[0]
+    heat = (255 * data[key].astype(np.float32).max(0, initial=0)).astype(np.uint8)
+    return side_by_side(record, pred, np.repeat(heat[..., None], 3, -1))
+
+
+def side_by_side(record: ImageRecord, pred: np.ndarray, *extra: np.ndarray) -> np.ndarray:
+    """The image, its ground truth blended in, any `extra` panels, and `pred` blended in."""
     from pipeline.io import colorize
 
     image = np.asarray(Image.open(record.image_path).convert("RGB"))
-    data = load_cam(cam_path(cam_folder, record.image_id))
-    pred = predict(data[key].astype(np.float32), data["class_ids"], np.asarray([threshold]))[0]
-    gt = read_label(record.label_path)
     blend = lambda label: (0.5 * image + 0.5 * colorize(label.astype(np.uint8))).astype(np.uint8)
-    heat = (255 * data[key].astype(np.float32).max(0, initial=0)).astype(np.uint8)
-    return np.concatenate([image, blend(gt), np.repeat(heat[..., None], 3, -1), blend(pred)], axis=1)
+    return np.concatenate([image, blend(read_label(record.label_path)), *extra, blend(pred)], axis=1)

@@ -8,10 +8,7 @@ CLIMS losses trained, evaluated alongside the CAM.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,7 @@ import torch
 
 from pipeline.cam.nets import CamNet, upsample
 from pipeline.data.manifest import ImageRecord
-from pipeline.io import atomic_path, write_json
+from pipeline.io import atomic_path, file_digest, resume_folder
 
 CAM_STRIDE = 4
 
@@ -78,25 +75,6 @@ def load_cam(path: str | Path) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- the make_cam stage
-SOURCE_FILE = "source.json"
-
-
-def _stamp(net_dir: Path, scales: list[float]) -> dict:
-    digest = hashlib.sha256((Path(net_dir) / "weights.pt").read_bytes()).hexdigest()
-    return {"weights_sha256": digest, "scales": list(scales)}
-
-
-def prepare_folder(out: Path, net_dir: Path, scales: list[float]) -> None:
-    """Keep CAMs from an interrupted run of the same net and scales; clear anything else."""
-    stamp = _stamp(net_dir, scales)
-    source = out / SOURCE_FILE
-    if out.exists() and (not source.is_file() or json.loads(source.read_text()) != stamp):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not source.is_file():
-        write_json(source, stamp)
-
-
 def cam_shard(records: list[ImageRecord], net_dir: str, out: str, scales: list[float], batch_size: int,
               use_gpu: bool = False) -> int:
     """Write the CAM file of every record not done yet; returns how many were written."""
@@ -125,7 +103,7 @@ def make_cams(records: list[ImageRecord], net_dir: Path, out: Path, cfg, dist) -
     from pipeline.distributed import map_shards
 
     load_net(net_dir)  # a missing or broken net stops here, before the output folder exists
-    prepare_folder(out, net_dir, cfg.scales)
+    resume_folder(out, {"weights_sha256": file_digest(Path(net_dir) / "weights.pt"), "scales": list(cfg.scales)})
     written = map_shards(cam_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(out.resolve()),
                          list(cfg.scales), cfg.batch_size, dist.use_gpu, cpus=dist.cpus_per_worker)
     return sum(written)

@@ -1,0 +1,96 @@
+"""IR labels (IRN): confident foreground and background from the CAMs, each refined by the CRF.
+
+The full-resolution CAMs are padded with a constant background score and arg-maxed twice: at
+the foreground threshold (0.30: only strong activations count as object) and at the background
+threshold (0.10: anything faintly active counts as object). Each label map is refined by the
+dense CRF on the image. The IR label is the foreground result where it says object, background
+where both say background, and IGNORE (255) where they disagree.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.cam.data import load_image
+from pipeline.cam.infer import cam_path, load_cam
+from pipeline.data.manifest import ImageRecord
+from pipeline.errors import UserError
+from pipeline.io import atomic_path, file_digest, label_png_path, read_label, resume_folder, save_label_png
+from pipeline.irn.crf import CrfConfig, crf_labels, pairwise_kernel
+from pipeline.metrics import IGNORE, confusion, miou
+
+
+def confident_labels(kernel: torch.Tensor, cams: torch.Tensor, threshold: float, crf: CrfConfig) -> torch.Tensor:
+    """(N, H, W) labels in 0..K (0 = background, k = the k-th CAM) from CAMs (N, K, H, W) padded
+    with `threshold` as the background score, refined by the CRF (the images' pairwise kernel)."""
+    padded = torch.cat([torch.full_like(cams[:, :1], threshold), cams], 1)
+    return crf_labels(kernel, padded.argmax(1), cams.shape[1] + 1, crf)
+
+
+def ir_labels(images: torch.Tensor, cams: torch.Tensor, fg_threshold: float, bg_threshold: float, crf: CrfConfig) -> torch.Tensor:
+    """IR labels (N, H, W) in 0..K or IGNORE, from images (N, 3, H, W) in 0..255."""
+    kernel = pairwise_kernel(images, crf)
+    fg = confident_labels(kernel, cams, fg_threshold, crf)
+    bg = confident_labels(kernel, cams, bg_threshold, crf)
+    return torch.where((fg == 0) & (bg != 0), IGNORE, fg)
+
+
+def ir_label_shard(records: list[ImageRecord], cam_folder: str, out: str, fg_threshold: float, bg_threshold: float,
+                   crf: dict, batch_size: int, use_gpu: bool = False) -> int:
+    """Write the IR label of every record not done yet (images of one size and class count are
+    refined together); returns how many were written."""
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    torch.set_flush_denormal(True)  # the CRF's tiny kernel values as denormals slow a CPU down ~5x
+    crf_cfg = CrfConfig(**crf)
+    todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
+    groups: dict[tuple, list[ImageRecord]] = {}
+    for record in todo:
+        groups.setdefault((record.height, record.width, len(record.class_ids)), []).append(record)
+    for group in groups.values():
+        for start in range(0, len(group), batch_size):
+            batch = group[start : start + batch_size]
+            cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
+            images = torch.stack([load_image(r.image_path) * 255 for r in batch]).to(device)
+            maps = torch.stack([torch.from_numpy(c["high_res"].astype(np.float32)) for c in cams]).to(device)
+            labels = ir_labels(images, maps, fg_threshold, bg_threshold, crf_cfg).cpu().numpy()
+            for record, cam, label in zip(batch, cams, labels):
+                class_of = np.full(256, IGNORE, np.uint8)  # CAM index -> class id; IGNORE stays
+                class_of[: len(cam["class_ids"]) + 1] = [0, *cam["class_ids"]]
+                with atomic_path(label_png_path(out, record.image_id)) as tmp:
+                    save_label_png(tmp, class_of[label])
+    return len(todo)
+
+
+def make_ir_labels(records: list[ImageRecord], cam_folder: Path, out: Path, cfg, crf, dist) -> int:
+    """IR labels for all records, sharded over `cfg.num_workers` Ray tasks; a rerun skips done images."""
+    from pipeline.distributed import map_shards
+
+    missing = [r.image_id for r in records if not cam_path(cam_folder, r.image_id).is_file()]
+    if missing:
+        raise UserError(f"{cam_path(cam_folder, missing[0])}: CAM file missing ({len(missing)} of {len(records)}; run make_cam first)")
+    resume_folder(out, {"cams": file_digest(cam_folder / "source.json"), "crf": crf.model_dump(),
+                        **cfg.model_dump(exclude={"num_workers", "batch_size"})})
+    written = map_shards(ir_label_shard, records, cfg.num_workers, dist.use_gpu, str(cam_folder.resolve()), str(out.resolve()),
+                         cfg.fg_threshold, cfg.bg_threshold, crf.model_dump(), cfg.batch_size, dist.use_gpu,
+                         cpus=dist.cpus_per_worker)
+    return sum(written)
+
+
+def ir_label_quality(records: list[ImageRecord], folder: Path, num_classes: int) -> dict:
+    """How good the IR labels are where ground truth exists: the share of pixels they label
+    (not IGNORE), the accuracy there, and the mIoU over the labelled pixels."""
+    conf = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    labelled = total = 0
+    for record in records:
+        if record.label_path is None:
+            continue
+        label, gt = read_label(label_png_path(folder, record.image_id)), read_label(record.label_path)
+        known = label != IGNORE
+        labelled, total = labelled + int(known.sum()), total + label.size
+        conf += confusion(np.where(known, gt, IGNORE), np.where(known, label, 0), num_classes + 1)
+    if total == 0:
+        return {}
+    return {"coverage": 100 * labelled / total, "accuracy": 100 * np.trace(conf) / max(1, conf.sum()),
+            "miou": float(miou(conf))}

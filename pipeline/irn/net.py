@@ -1,0 +1,91 @@
+"""IRN's boundary network: a frozen backbone (fixed BatchNorm, detached features) and a trained
+boundary branch. Each of the five backbone stages (stem, layer1..layer4) gives a side output
+(1x1 conv to 32 channels, GroupNorm, ReLU) resized to the stride-4 grid; a 1x1 conv fuses them
+into one boundary logit per grid cell.
+
+An exported IRN is a folder with `weights.pt` (a plain state dict, backbone included) and
+`net.json` (the backbone config, side width and training history).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.cam.infer import stride_size
+from pipeline.cam.nets import IMAGENET_MEAN, IMAGENET_STD, Backbone, build_backbone
+from pipeline.errors import UserError
+from pipeline.io import atomic_path, write_json
+from pipeline.params import Backbone as BackboneConfig
+
+WEIGHTS_FILE, NET_FILE = "weights.pt", "net.json"
+
+
+def backbone_stages(backbone: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of the stem and of each of the four layers."""
+    outs = [backbone.stem(x)]
+    for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
+        outs.append(layer(outs[-1]))
+    return outs
+
+
+class BoundaryNet(nn.Module):
+    def __init__(self, backbone: Backbone, side_channels: int = 32):
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False).eval()
+        with torch.no_grad():
+            channels = [f.shape[1] for f in backbone_stages(backbone, torch.zeros(1, 3, 32, 32))]
+        self.sides = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, side_channels, 1, bias=False), nn.GroupNorm(4, side_channels), nn.ReLU(inplace=True))
+            for c in channels
+        )
+        self.fuse = nn.Conv2d(side_channels * len(channels), 1, 1)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        """Boundary logits (N, 1, ceil(H/4), ceil(W/4)) of images (N, 3, H, W) in [0, 1]."""
+        grid = stride_size(*images01.shape[-2:])
+        with torch.no_grad():  # frozen features, as in IRN
+            features = backbone_stages(self.backbone, (images01 - self.mean) / self.std)
+        sides = [F.interpolate(side(f), size=grid, mode="bilinear", align_corners=False) for side, f in zip(self.sides, features)]
+        return self.fuse(torch.cat(sides, 1))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # fixed BatchNorm statistics
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def boundary_map(net: BoundaryNet, images01: torch.Tensor) -> torch.Tensor:
+    """Boundary probabilities (N, h, w) from the image and its mirror (logits averaged), as IRN
+    does for the random walk."""
+    logits = net(torch.cat([images01, images01.flip(-1)]))[:, 0]
+    direct, mirrored = logits[: len(images01)], logits[len(images01) :].flip(-1)
+    return torch.sigmoid((direct + mirrored) / 2)
+
+
+def save_boundary_net(folder: Path, net: BoundaryNet, backbone: BackboneConfig, side_channels: int, history: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
+    write_json(folder / NET_FILE, {"backbone": backbone.model_dump(), "side_channels": side_channels, "history": history})
+
+
+def load_boundary_net(folder: str | Path, device: str | torch.device = "cpu") -> tuple[BoundaryNet, dict]:
+    folder = Path(folder)
+    meta_path = folder / NET_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path}: no trained IRN here (run train_irn first)")
+    meta = json.loads(meta_path.read_text())
+    backbone = BackboneConfig.model_validate(meta["backbone"]).model_copy(update={"weights": None})
+    net = BoundaryNet(build_backbone(backbone), meta["side_channels"])
+    net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return net.to(device).eval(), meta

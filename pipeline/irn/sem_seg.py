@@ -1,0 +1,88 @@
+"""Pseudo labels by IRN's random walk: the stride-4 CAMs, damped on boundaries (IRN), spread over the
+boundary net's affinities, upsampled, divided by their maximum, arg-maxed against a constant
+background score; optionally refined by the dense CRF (as PSA, IRN's predecessor, did)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.cam.data import load_image
+from pipeline.cam.infer import CAM_STRIDE, cam_path, load_cam
+from pipeline.data.manifest import ImageRecord
+from pipeline.errors import UserError
+from pipeline.io import atomic_path, file_digest, label_png_path, resume_folder, save_label_png
+from pipeline.irn.crf import CrfConfig, crf_labels, pairwise_kernel
+from pipeline.irn.net import BoundaryNet, boundary_map
+from pipeline.irn.random_walk import propagate
+
+
+@torch.no_grad()
+def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg, crf: CrfConfig | None = None) -> torch.Tensor:
+    """Label indices (N, H, W) in 0..K (0 = background) for images (N, 3, H, W) in [0, 1] and
+    their stride-4 CAMs (N, K, h, w); `cfg`: radius, beta, exp_times, damp_boundary, bg_threshold.
+    With `crf`, the walked labels are refined by the dense CRF on the image."""
+    boundary = boundary_map(net, images)
+    start = cams * (1 - boundary[:, None]) if cfg.damp_boundary else cams
+    walked = propagate(start, boundary, cfg.radius, cfg.beta, cfg.exp_times)
+    height, width = images.shape[-2:]
+    up = F.interpolate(walked, scale_factor=CAM_STRIDE, mode="bilinear", align_corners=False)[..., :height, :width]
+    up = up / up.flatten(1).amax(1).clamp_min(1e-5)[:, None, None, None]  # each image by its maximum
+    labels = torch.cat([torch.full_like(up[:, :1], cfg.bg_threshold), up], 1).argmax(1)
+    if crf is None:
+        return labels
+    return crf_labels(pairwise_kernel(images * 255, crf), labels, cams.shape[1] + 1, crf)
+
+
+def sem_seg_shard(records: list[ImageRecord], net_dir: str, cam_folder: str, out: str, cfg: dict, crf: dict,
+                  use_gpu: bool = False) -> int:
+    """Write the pseudo label of every record not done yet (images of one size and class count
+    walk together); returns how many were written."""
+    from types import SimpleNamespace
+
+    from pipeline.irn.net import load_boundary_net
+
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    torch.set_flush_denormal(True)  # see ir_label_shard
+    net, _ = load_boundary_net(net_dir, device)
+    walk = SimpleNamespace(**cfg)
+    crf_cfg = CrfConfig(**crf) if walk.crf else None
+    todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
+    groups: dict[tuple, list[ImageRecord]] = {}
+    for record in todo:
+        groups.setdefault((record.height, record.width, len(record.class_ids)), []).append(record)
+    for group in groups.values():
+        for start in range(0, len(group), walk.batch_size):
+            batch = group[start : start + walk.batch_size]
+            cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
+            for record, cam, label in zip(batch, cams, _labels(net, batch, cams, walk, crf_cfg, device)):
+                with atomic_path(label_png_path(out, record.image_id)) as tmp:
+                    save_label_png(tmp, np.asarray([0, *cam["class_ids"]], np.uint8)[label])
+    return len(todo)
+
+
+def _labels(net, batch: list[ImageRecord], cams: list[dict], walk, crf: CrfConfig | None, device) -> np.ndarray:
+    images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
+    if not batch[0].class_ids:  # nothing to walk: all background
+        return np.zeros((len(batch), *images.shape[-2:]), np.int64)
+    maps = torch.stack([torch.from_numpy(c["cam"].astype(np.float32)) for c in cams]).to(device)
+    return walk_labels(net, images, maps, walk, crf).cpu().numpy()
+
+
+def make_sem_seg(records: list[ImageRecord], net_dir: Path, cam_folder: Path, out: Path, cfg, crf, dist) -> int:
+    """Pseudo labels for all records, sharded over `cfg.num_workers` Ray tasks; a rerun skips done images."""
+    from pipeline.distributed import map_shards
+    from pipeline.irn.net import load_boundary_net
+
+    load_boundary_net(net_dir)  # a missing net stops here, before the output folder exists
+    missing = [r.image_id for r in records if not cam_path(cam_folder, r.image_id).is_file()]
+    if missing:
+        raise UserError(f"{cam_path(cam_folder, missing[0])}: CAM file missing ({len(missing)} of {len(records)}; run make_cam first)")
+    resume_folder(out, {"irn_sha256": file_digest(net_dir / "weights.pt"), "cams": file_digest(cam_folder / "source.json"),
+                        "crf": crf.model_dump() if cfg.crf else None, **cfg.model_dump(exclude={"num_workers", "batch_size"})})
+    written = map_shards(sem_seg_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(cam_folder.resolve()),
+                         str(out.resolve()), cfg.model_dump(exclude={"num_workers"}), crf.model_dump(), dist.use_gpu,
+                         cpus=dist.cpus_per_worker)
+    return sum(written)

@@ -1,0 +1,94 @@
+"""Training IRN's boundary branch from IR labels, on Ray Train (pipeline.train_loop).
+
+Each crop's IR label is taken to the stride-4 grid (nearest); every pixel pair within
+`radius` on the grid teaches the boundary map: pairs with the same label should have affinity
+1 (no boundary on the path between them), pairs with different labels affinity 0.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.cam.data import augment, load_image
+from pipeline.cam.infer import stride_size
+from pipeline.data.manifest import ImageRecord, read_manifest
+from pipeline.errors import UserError
+from pipeline.io import label_png_path, read_label
+from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, path_affinities
+from pipeline.irn.net import BoundaryNet, save_boundary_net
+from pipeline.params import Params
+from pipeline.train_loop import Setup, fit_final_state, ray_worker, run_name
+
+
+class IrnTrainSet(torch.utils.data.Dataset):
+    """(augmented image in [0, 1], its IR label on the stride-4 grid) per manifest row."""
+
+    def __init__(self, records: list[ImageRecord], label_folder: str | Path, crop_size: int, long_side: tuple[int, int]):
+        self.records, self.label_folder = records, label_folder
+        self.crop_size, self.long_side = crop_size, long_side
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        label = torch.from_numpy(read_label(label_png_path(self.label_folder, record.image_id)).astype("int64"))
+        image, label = augment(load_image(record.image_path), self.crop_size, self.long_side, label)
+        grid = F.interpolate(label[None, None].float(), size=stride_size(*label.shape), mode="nearest")[0, 0]
+        return image, grid.long()
+
+
+def boundary_step(net: BoundaryNet, images: torch.Tensor, grid_labels: torch.Tensor, offsets: list[tuple[int, int]]) -> dict:
+    """IRN's affinity loss on a = 1 - max boundary along each pair's path."""
+    boundary = torch.sigmoid(net(images)[:, 0])
+    terms = affinity_loss(path_affinities(boundary, offsets), pair_labels(grid_labels, offsets))
+    terms["boundary_mean"] = boundary.detach().mean()
+    return terms
+
+
+def initial_backbone(params: Params, init_net: str | None):
+    """The frozen features: a trained CAM net's backbone, or `backbone` with its ImageNet weights."""
+    from pipeline.cam.nets import build_backbone
+    from pipeline.cam.ray_train import load_net
+
+    return load_net(init_net)[0].backbone if init_net else build_backbone(params.backbone)
+
+
+def irn_setup(params: Params, config: dict, device) -> Setup:
+    cfg = params.train_irn
+    net = BoundaryNet(initial_backbone(params, config["init_net"]), cfg.side_channels).to(device)
+    optimizer = torch.optim.SGD(net.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    dataset = IrnTrainSet(read_manifest(config["manifest"]), config["ir_labels"], cfg.crop_size, tuple(cfg.long_side))
+    return Setup(net, partial(boundary_step, offsets=forward_offsets(cfg.radius)), optimizer, dataset, cfg)
+
+
+def irn_worker(config: dict) -> None:
+    ray_worker(config, irn_setup)
+
+
+TRAINING_CODE = ("irn/train.py", "irn/net.py", "irn/affinity.py", "cam/data.py", "train_loop.py", "distributed.py", "params.py")
+
+
+def train_irn(params: Params, manifest: Path, ir_labels: Path, out: Path, init_net: Path | None = None,
+              name: str | None = None, **extra) -> list[dict]:
+    """Train the boundary net on Ray Train and export it into `out`; returns the per-epoch history."""
+    cfg = params.train_irn
+    records = read_manifest(manifest)
+    if len(records) < cfg.batch_size:
+        raise UserError(f"{manifest}: {len(records)} images, fewer than train_irn.batch_size={cfg.batch_size}")
+    missing = [r for r in records if not label_png_path(ir_labels, r.image_id).is_file()]
+    if missing:
+        raise UserError(f"{label_png_path(ir_labels, missing[0].image_id)}: IR label missing ({len(missing)} of {len(records)}; run make_ir_label first)")
+    config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
+              "ir_labels": str(Path(ir_labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}
+    package = Path(__file__).resolve().parents[1]
+    inputs = [Path(manifest), Path(ir_labels) / "source.json", *([Path(init_net) / "weights.pt"] if init_net else []),
+              *(package / code for code in TRAINING_CODE)]
+    state = fit_final_state(irn_worker, config, params.distributed, name or run_name("train_irn", config, inputs))
+    net = BoundaryNet(initial_backbone(params, config["init_net"]), cfg.side_channels)
+    net.load_state_dict(state["model"])
+    save_boundary_net(out, net, params.backbone, cfg.side_channels, state["history"])
+    return state["history"]

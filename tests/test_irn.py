@@ -1,0 +1,126 @@
+"""IRN refinement: the CRF, IR labels, pair labels and the affinity loss, the boundary net."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, path_affinities
+from pipeline.irn.crf import CrfConfig, crf_labels, pairwise_kernel
+from pipeline.irn.ir_label import ir_labels
+from pipeline.metrics import IGNORE
+
+
+def _two_region_image(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A textured 48x48 image: a disc of one colour on a background of another, and its mask."""
+    gen = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
+    disc = ((ys - 22) ** 2 + (xs - 26) ** 2 < 13**2).long()
+    colour = torch.where(disc.bool()[None], torch.tensor([200.0, 60, 40])[:, None, None], torch.tensor([40.0, 110, 190])[:, None, None])
+    return (colour + 3 * torch.randn(3, 48, 48, generator=gen)).clamp(0, 255), disc
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a == 1) & (b == 1)).sum() / ((a == 1) | (b == 1)).sum())
+
+
+def test_crf_pulls_a_noisy_mask_onto_the_object_edges():
+    image, truth = _two_region_image()
+    gen = torch.Generator().manual_seed(1)
+    noisy = truth.clone()
+    noisy[:, 30:] = torch.roll(truth, 3, dims=1)[:, 30:]  # the right edge drawn 3 pixels too far out
+    flips = torch.rand(48, 48, generator=gen) < 0.15
+    noisy[flips] = 1 - noisy[flips]  # and 15 % of the pixels wrong
+    cfg = CrfConfig()
+    refined = crf_labels(pairwise_kernel(image[None], cfg), noisy[None], 2, cfg)[0]
+    assert _iou(noisy, truth) < 0.75
+    assert _iou(refined, truth) > 0.95
+    # without the bilateral (colour) term, the edge cannot be found
+    blind = CrfConfig(bilateral_compat=0.0)
+    assert _iou(crf_labels(pairwise_kernel(image[None], blind), noisy[None], 2, blind)[0], truth) < _iou(refined, truth)
+
+
+def test_crf_kernel_is_symmetric_normalised_and_local():
+    image, _ = _two_region_image()
+    cfg = CrfConfig(window=2, gaussian_compat=1.0, bilateral_compat=0.0)  # the Gaussian alone
+    kernel = pairwise_kernel(image[None], cfg)[0]  # (25, H, W)
+    centre = kernel[:, 20, 20]
+    raw = torch.tensor([math.exp(-(dy * dy + dx * dx) / 18) for dy in range(-2, 3) for dx in range(-2, 3)])
+    expected = raw / raw.sum()  # inside the image every pixel has the same normaliser
+    expected[12] = 0  # no message to itself
+    assert torch.allclose(centre, expected, atol=1e-6)
+    # k(i, i + d) = k(i + d, i): the weight (0, 0) -> (1, 2) equals (1, 2) -> (0, 0) at the corner
+    assert kernel[(1 + 2) * 5 + 2 + 2, 0, 0] == pytest.approx(kernel[(-1 + 2) * 5 - 2 + 2, 1, 2].item())
+    assert kernel[:, 0, 0].reshape(5, 5)[:2].sum() == 0  # nothing from outside the image
+
+
+def test_ir_label_keeps_confident_parts_and_ignores_the_disagreement():
+    image, truth = _two_region_image()
+    cam = torch.zeros(1, 1, 48, 48)
+    cam[0, 0][truth.bool()] = 0.9  # strong on the object
+    cam[0, 0, :, :8] = 0.2  # faint on a strip of background: object for bg 0.10, not for fg 0.30
+    cfg = CrfConfig(bilateral_compat=0.0, gaussian_compat=0.0)  # no smoothing: the thresholds alone
+    label = ir_labels(image[None], cam, 0.30, 0.10, cfg)[0]
+    assert torch.equal(label[truth.bool()], torch.ones(int(truth.sum()), dtype=label.dtype))
+    assert (label[:, :8][~truth[:, :8].bool()] == IGNORE).all()
+    assert (label[:, 8:][~truth[:, 8:].bool()] == 0).all()
+
+
+def test_pair_labels_and_affinity_loss_on_a_hand_built_case():
+    labels = torch.tensor([[0, 0, 1], [0, IGNORE, 1]])
+    pairs = pair_labels(labels, [(0, 1), (1, 0)])
+    right, down = 0, 1
+    # (0,0)-(0,1): background pair; (0,1)-(0,2): 0 vs 1, negative; (1,0)-(1,1): touches IGNORE
+    assert pairs["bg_pos"][right].tolist() == [[True, False, False], [False, False, False]]
+    assert pairs["neg"][right].tolist() == [[False, True, False], [False, False, False]]
+    assert pairs["fg_pos"][down].tolist() == [[False, False, True], [False, False, False]]  # (0,2)-(1,2): class 1 twice
+    assert not pairs["bg_pos"][down][0, 1] and not pairs["neg"][down][0, 1]  # (0,1)-(1,1) is IGNORE
+    assert pairs["bg_pos"][down][0, 0]
+
+    affinity = torch.full((2, 2, 3), 0.5)
+    affinity[right, 0, 0] = 0.8  # the bg pair
+    affinity[right, 0, 1] = 0.3  # the only negative pair
+    affinity[down, 0, 2] = 0.9  # the fg pair
+    terms = affinity_loss(affinity, pairs, eps=0.0)
+    bg = (-math.log(0.8) + -math.log(0.5)) / 2  # (0,0)-(0,1) and (0,0)-(1,0)
+    fg, neg = -math.log(0.9), -math.log(1 - 0.3)
+    assert terms["bg_pos"].item() == pytest.approx(bg)
+    assert terms["fg_pos"].item() == pytest.approx(fg)
+    assert terms["neg"].item() == pytest.approx(neg)
+    assert terms["loss"].item() == pytest.approx(((bg + fg) / 2 + neg) / 2)
+
+
+def test_the_affinity_loss_teaches_a_boundary_between_different_labels():
+    labels = torch.zeros(1, 6, 6, dtype=torch.long)
+    labels[:, :, 3:] = 1
+    boundary = torch.full((1, 6, 6), 0.5, requires_grad=True)
+    offsets = forward_offsets(3)
+    loss = affinity_loss(path_affinities(boundary, offsets), pair_labels(labels, offsets))["loss"]
+    loss.backward()
+    grad = boundary.grad[0]
+    assert (grad[:, 2:4] < 0).all(), "the loss should raise the boundary where the labels change"
+    assert (grad[:, [0, 5]] > 0).all(), "and lower it inside the regions"
+    assert len(offsets) == len(set(offsets)) and all((-dy, -dx) not in offsets for dy, dx in offsets)
+
+
+def test_boundary_net_gives_a_stride4_map_from_a_frozen_backbone(tmp_path):
+    from pipeline.cam.nets import small_resnet
+    from pipeline.irn.net import BoundaryNet, boundary_map, load_boundary_net, save_boundary_net
+    from pipeline.params import Backbone
+
+    cfg = Backbone(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
+    torch.manual_seed(0)
+    net = BoundaryNet(small_resnet(cfg.widths, cfg.blocks, cfg.strides), side_channels=8)
+    before = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+    optimizer = torch.optim.SGD(net.trainable_parameters(), lr=0.1)
+    net.train()
+    net(torch.rand(2, 3, 40, 52)).mean().backward()
+    optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in net.backbone.state_dict().items()), "backbone or BN statistics moved"
+    assert net(torch.rand(1, 3, 40, 52)).shape == (1, 1, 10, 13)
+    save_boundary_net(tmp_path / "irn", net, cfg, 8, [])
+    loaded, _ = load_boundary_net(tmp_path / "irn")
+    image = torch.rand(1, 3, 40, 52)
+    assert torch.allclose(boundary_map(loaded, image), boundary_map(net.eval(), image))
+    mirrored = boundary_map(net, image.flip(-1))
+    assert torch.allclose(mirrored, boundary_map(net, image).flip(-1), atol=1e-6)  # image + flip is flip-symmetric

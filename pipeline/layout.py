@@ -25,3 +25,4 @@ def cams_dir(kind: str) -> Path:
 IR_LABELS_DIR = Path("artifacts/ir_labels")  # one PNG per training image, 255 = unsure
 IRN_DIR = Path("artifacts/net_irn")  # the boundary net: weights.pt + net.json
 PSEUDO_LABELS_DIR = Path("artifacts/pseudo_labels")  # one PNG per training image
+SEG_NET_DIR = Path("artifacts/net_seg")  # DeepLabV3 trained on the pseudo labels

@@ -315,6 +315,34 @@ class EvalSemSeg(Section):
     overlays: Annotated[int, Field(ge=0, le=64)]
 
 
+# --------------------------------------------------------------------------- segmentation
+class TrainSeg(Section):
+    """DeepLabV3 trained on the pseudo labels (pipeline.seg)."""
+
+    features_from: Literal["baseline", "clims", "backbone"]  # initial backbone: a CAM net's, or `backbone` with its weights file
+    seed: NonNegativeInt
+    epochs: PositiveInt
+    batch_size: PositiveInt  # over all workers
+    lr: PositiveFloat  # backbone
+    head_lr_scale: PositiveFloat
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    schedule: Literal["cosine", "poly"]
+    crop_size: Annotated[int, Field(ge=16)]
+    long_side: list[PositiveInt] = Field(min_length=2, max_length=2)
+    loss: Literal["ce", "balanced"]  # balanced: mean background CE + mean foreground CE (the reference)
+    atrous_rates: list[PositiveInt] = Field(min_length=1)
+    head_width: Annotated[int, Field(ge=8)]
+    loader_workers: NonNegativeInt
+
+
+class EvalSeg(Section):
+    scales: list[PositiveFloat] = Field(min_length=1)  # each with its mirror
+    crf: bool  # refine the predictions with the dense CRF (section crf)
+    batch_size: PositiveInt
+    overlays: Annotated[int, Field(ge=0, le=64)]
+
+
 # --------------------------------------------------------------------------- tracking
 class Tracking(Section):
     uri: Optional[str]  # None: sqlite:///<repo>/mlflow.db, or $MLFLOW_TRACKING_URI when set
@@ -336,17 +364,20 @@ class Params(Section):
     train_irn: TrainIrn
     make_sem_seg: MakeSemSeg
     eval_sem_seg: EvalSemSeg
+    train_seg: TrainSeg
+    eval_seg: EvalSeg
     tracking: Tracking
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        for section in ("train_cam", "train_clims", "train_irn"):
+        for section in ("train_cam", "train_clims", "train_irn", "train_seg"):
             batch = getattr(self, section).batch_size
             if batch % self.distributed.num_workers:
                 raise ValueError(f"{section}.batch_size: {batch} does not split over distributed.num_workers={self.distributed.num_workers}")
-        if self.train_irn.features_from == "backbone" and not self.backbone.weights:
-            raise ValueError("train_irn.features_from: 'backbone' needs backbone.weights (a frozen ImageNet backbone); "
-                             "use a CAM net's (baseline or clims) otherwise")
+        for section in ("train_irn", "train_seg"):
+            if getattr(self, section).features_from == "backbone" and not self.backbone.weights:
+                raise ValueError(f"{section}.features_from: 'backbone' needs backbone.weights (ImageNet weights); "
+                                 "use a CAM net's (baseline or clims) otherwise")
         backgrounds = self.clims_loss.class_backgrounds or {}
         for name, prompts in backgrounds.items():
             if name not in self.dataset.class_names:

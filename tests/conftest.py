@@ -49,8 +49,8 @@ def ray_session():
 
 
 def tiny_cam(raw: dict) -> dict:
-    """Shrink the CAM and IRN sections: a narrow net, one short epoch each, single-process
-    per-image stages."""
+    """Shrink the CAM, IRN and segmentation sections: a narrow net, one short epoch each,
+    single-process per-image stages."""
     raw["backbone"].update(widths=[8, 8, 16, 16])
     raw["distributed"].update(cpus_per_worker=1)
     for section in ("train_cam", "train_clims"):
@@ -61,4 +61,6 @@ def tiny_cam(raw: dict) -> dict:
     raw["train_irn"].update(epochs=1, batch_size=4, radius=4, side_channels=8)
     raw["make_sem_seg"].update(exp_times=4, num_workers=0)
     raw["eval_sem_seg"].update(overlays=2)
+    raw["train_seg"].update(epochs=1, batch_size=4, head_width=8)
+    raw["eval_seg"].update(scales=[1.0], overlays=2)
     return raw

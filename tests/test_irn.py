@@ -1,7 +1,6 @@
 """IRN refinement: the CRF, IR labels, pair labels and the affinity loss, the boundary net."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -20,7 +20,7 @@ SMALL_CLIP = {
 
 STAGES = ["prepare_data", "prepare_clip", "train_cam", "train_clims",
           *[(stage, net) for net in ("baseline", "clims") for stage in ("make_cam", "eval_cam")],
-          "make_ir_label", "train_irn", "make_sem_seg", "eval_sem_seg"]
+          "make_ir_label", "train_irn", "make_sem_seg", "eval_sem_seg", "train_seg", "eval_seg"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_stage_runs_are_tracked_under_one_parent(workdir, mlflow_uri):
     children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert set(children) == {"prepare_data", "prepare_clip", "train_cam", "train_clims", "make_cam_baseline",
                              "make_cam_clims", "eval_cam_baseline", "eval_cam_clims", "make_ir_label", "train_irn",
-                             "make_sem_seg", "eval_sem_seg"}
+                             "make_sem_seg", "eval_sem_seg", "train_seg", "eval_seg"}
     assert len({r.data.tags["mlflow.parentRunId"] for r in children.values()}) == 1
     assert "object_top1" in children["prepare_clip"].data.metrics
     assert "train_object_pixel_fraction" in children["prepare_data"].data.metrics
@@ -134,6 +134,21 @@ def test_irn_stages_chain_ir_labels_boundary_net_and_pseudo_labels(workdir, mlfl
     client = MlflowClient(mlflow_uri)
     run = client.search_runs([client.get_experiment_by_name("stage-test").experiment_id], "attributes.run_name = 'eval_sem_seg'")[0]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "overlays")}, "no overlays logged"
+
+
+def test_segmentation_stages_train_on_pseudo_labels_and_score_val(workdir):
+    from pipeline.seg.net import load_seg_net
+
+    net, meta = load_seg_net(workdir / "artifacts" / "net_seg")
+    assert len(meta["history"]) == 1 and meta["class_names"][0] == "boat"
+    assert net(torch.rand(1, 3, 64, 64))["out"].shape == (1, 7, 64, 64)
+    scores = json.loads((workdir / "metrics" / "segmentation.json").read_text())
+    assert scores["images"] == 3 and 0 <= scores["miou"] <= 100 and "per_class_iou" in scores
+    rows = (workdir / "plots" / "segmentation_confusion.csv").read_text().splitlines()
+    assert rows[0].startswith("actual,background,boat") and len(rows) == 8
+    pixels = sum(int(v) for row in rows[1:] for v in row.split(",")[1:])
+    assert pixels == 3 * 64 * 64  # every val pixel counted once
+    assert Image.open(workdir / "plots" / "segmentation_confusion.png").size[0] > 100
 
 
 def test_a_missing_net_is_one_clear_error(workdir, tmp_path, mlflow_uri):

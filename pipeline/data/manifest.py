@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -90,3 +90,28 @@ def read_manifest(path: str | Path) -> list[ImageRecord]:
         )
         for row in table.to_pylist()
     ]
+
+
+def same_shape_batches(records: list[ImageRecord], batch_size: int) -> Iterator[list[ImageRecord]]:
+    """Batches of records whose images share a size and a class count, so that their images and
+    per-class maps stack into one tensor."""
+    groups: dict[tuple[int, int, int], list[ImageRecord]] = {}
+    for record in records:
+        groups.setdefault((record.height, record.width, len(record.class_ids)), []).append(record)
+    for group in groups.values():
+        for start in range(0, len(group), batch_size):
+            yield group[start : start + batch_size]
+
+
+def records_with_labels(manifest: str | Path, labels: str | Path, batch_size: int, section: str, producer: str) -> list[ImageRecord]:
+    """A training manifest's records, once there are enough for one batch of `section` and each
+    has its label PNG in `labels` (written by the stage `producer`)."""
+    from pipeline.io import label_png_path
+
+    records = read_manifest(manifest)
+    if len(records) < batch_size:
+        raise UserError(f"{manifest}: {len(records)} images, fewer than {section}.batch_size={batch_size}")
+    missing = [r for r in records if not label_png_path(labels, r.image_id).is_file()]
+    if missing:
+        raise UserError(f"{label_png_path(labels, missing[0].image_id)}: label missing ({len(missing)} of {len(records)}; run {producer} first)")
+    return records

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+
+from pipeline.irn.affinity import shifted_views
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,9 @@ def unary_from_labels(labels: torch.Tensor, num_labels: int, gt_prob: float) -> 
     return -prob.log()
 
 
-def _neighbours(x: torch.Tensor, w: int) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """(dy, dx, x shifted so that out[..., y, x] = x[..., y + dy, x + dx], 0 outside) for every
-    position of the (2w+1)^2 window. Shifted views, accumulated one by one, run an order of
-    magnitude faster than one unfolded (N, C, (2w+1)^2, H, W) tensor."""
-    height, width = x.shape[-2:]
-    padded = F.pad(x, (w, w, w, w))
-    for dy in range(-w, w + 1):
-        for dx in range(-w, w + 1):
-            yield dy, dx, padded[..., w + dy : w + dy + height, w + dx : w + dx + width]
+def _window(w: int) -> list[tuple[int, int]]:
+    """The offsets of a (2w+1)^2 window, row by row."""
+    return [(dy, dx) for dy in range(-w, w + 1) for dx in range(-w, w + 1)]
 
 
 def pairwise_kernel(image: torch.Tensor, cfg: CrfConfig) -> torch.Tensor:
@@ -66,7 +61,7 @@ def pairwise_kernel(image: torch.Tensor, cfg: CrfConfig) -> torch.Tensor:
     valid = torch.ones_like(image[:, :1])
 
     def raw_kernels():  # (gaussian, bilateral) for each window position, zero outside the image
-        for (dy, dx, neighbour), (_, _, inside) in zip(_neighbours(image, w), _neighbours(valid, w)):
+        for (dy, dx), neighbour, inside in zip(_window(w), shifted_views(image, _window(w)), shifted_views(valid, _window(w))):
             dist2 = float(dy * dy + dx * dx) * d**2
             colour2 = (neighbour - image).pow(2).sum(1, keepdim=True)
             yield (inside * math.exp(-dist2 / (2 * cfg.gaussian_sxy**2)),
@@ -75,8 +70,8 @@ def pairwise_kernel(image: torch.Tensor, cfg: CrfConfig) -> torch.Tensor:
     # normalisers include the centre (k = 1), as the lattice filter does
     norm_g, norm_b = (sum(k) for k in zip(*raw_kernels()))
     kernel = torch.empty(image.shape[0], (2 * w + 1) ** 2, *image.shape[-2:], device=image.device)
-    pairs = zip(raw_kernels(), _neighbours(norm_g, w), _neighbours(norm_b, w))
-    for s, ((g, b), (_, _, g_there), (_, _, b_there)) in enumerate(pairs):
+    pairs = zip(raw_kernels(), shifted_views(norm_g, _window(w)), shifted_views(norm_b, _window(w)))
+    for s, ((g, b), g_there, b_there) in enumerate(pairs):
         kernel[:, s : s + 1] = (cfg.gaussian_compat * g / (norm_g * g_there).sqrt().clamp_min(1e-12)
                                 + cfg.bilateral_compat * b / (norm_b * b_there).sqrt().clamp_min(1e-12))
     kernel[:, (2 * w + 1) ** 2 // 2] = 0  # no message from a pixel to itself
@@ -91,7 +86,7 @@ def mean_field(unary: torch.Tensor, kernel: torch.Tensor, cfg: CrfConfig) -> tor
     for _ in range(cfg.iterations):
         q_small = F.avg_pool2d(q, d, ceil_mode=True) if d > 1 else q
         message = torch.zeros_like(q_small)
-        for s, (_, _, neighbour) in enumerate(_neighbours(q_small, cfg.window)):
+        for s, neighbour in enumerate(shifted_views(q_small, _window(cfg.window))):
             message.addcmul_(neighbour, kernel[:, s : s + 1])
         if d > 1:
             message = F.interpolate(message, size=q.shape[-2:], mode="bilinear", align_corners=False)

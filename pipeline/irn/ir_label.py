@@ -15,7 +15,7 @@ import torch
 
 from pipeline.cam.data import load_image
 from pipeline.cam.infer import cam_path, load_cam
-from pipeline.data.manifest import ImageRecord
+from pipeline.data.manifest import ImageRecord, same_shape_batches
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, file_digest, label_png_path, read_label, resume_folder, save_label_png
 from pipeline.irn.crf import CrfConfig, crf_labels, pairwise_kernel
@@ -45,21 +45,16 @@ def ir_label_shard(records: list[ImageRecord], cam_folder: str, out: str, fg_thr
     torch.set_flush_denormal(True)  # the CRF's tiny kernel values as denormals slow a CPU down ~5x
     crf_cfg = CrfConfig(**crf)
     todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
-    groups: dict[tuple, list[ImageRecord]] = {}
-    for record in todo:
-        groups.setdefault((record.height, record.width, len(record.class_ids)), []).append(record)
-    for group in groups.values():
-        for start in range(0, len(group), batch_size):
-            batch = group[start : start + batch_size]
-            cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
-            images = torch.stack([load_image(r.image_path) * 255 for r in batch]).to(device)
-            maps = torch.stack([torch.from_numpy(c["high_res"].astype(np.float32)) for c in cams]).to(device)
-            labels = ir_labels(images, maps, fg_threshold, bg_threshold, crf_cfg).cpu().numpy()
-            for record, cam, label in zip(batch, cams, labels):
-                class_of = np.full(256, IGNORE, np.uint8)  # CAM index -> class id; IGNORE stays
-                class_of[: len(cam["class_ids"]) + 1] = [0, *cam["class_ids"]]
-                with atomic_path(label_png_path(out, record.image_id)) as tmp:
-                    save_label_png(tmp, class_of[label])
+    for batch in same_shape_batches(todo, batch_size):
+        cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
+        images = torch.stack([load_image(r.image_path) * 255 for r in batch]).to(device)
+        maps = torch.stack([torch.from_numpy(c["high_res"].astype(np.float32)) for c in cams]).to(device)
+        labels = ir_labels(images, maps, fg_threshold, bg_threshold, crf_cfg).cpu().numpy()
+        for record, cam, label in zip(batch, cams, labels):
+            class_of = np.full(256, IGNORE, np.uint8)  # CAM index -> class id; IGNORE stays
+            class_of[: len(cam["class_ids"]) + 1] = [0, *cam["class_ids"]]
+            with atomic_path(label_png_path(out, record.image_id)) as tmp:
+                save_label_png(tmp, class_of[label])
     return len(todo)
 
 

@@ -5,16 +5,15 @@ affinity is a_ij = 1 - max boundary along the straight path from i to j, W = a^b
 transition matrix T = W / (column sums). IRN builds the dense (HW)^2 T and squares it `exp`
 times; T is symmetric in W, so one step v -> v T is, per pixel j,
     (v T)[j] = sum_d v[j + d] * W_d[j] / deg[j],   deg[j] = sum_d W_d[j],
-a sum over the |D| neighbourhood offsets of shifted maps (one unfold over the (2r-1)^2 window,
-batched over images): O(HW |D|) per step instead of O((HW)^3) per squaring. 2^exp steps of it
+a sum over the |D| neighbourhood offsets of shifted maps (views of one padded copy, batched
+over images): O(HW |D|) per step instead of O((HW)^3) per squaring. 2^exp steps of it
 equal v T^(2^exp).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from pipeline.irn.affinity import neighbour_offsets, path_affinities, shift
+from pipeline.irn.affinity import neighbour_offsets, path_affinities, shift, shifted_views
 
 
 def incoming_weights(boundary: torch.Tensor, radius: int, beta: float) -> tuple[list[tuple[int, int]], torch.Tensor]:
@@ -31,17 +30,14 @@ def propagate(cams: torch.Tensor, boundary: torch.Tensor, radius: int = 5, beta:
     """cams (..., K, H, W) -> cams T^(2^exp) on the grid (IRN's random walk), by 2^exp sparse steps;
     `boundary` (..., H, W) in [0, 1], one per image of the batch."""
     offsets, weights = incoming_weights(boundary, radius, beta)
-    size, pad = 2 * radius - 1, radius - 1
-    height, width = cams.shape[-2:]
-    # the weights laid out on the (2r-1)^2 window that unfold reads (0 off the neighbourhood disc)
-    window = weights.new_zeros(size * size, *weights.shape[1:])
-    for (dy, dx), w in zip(offsets, weights):
-        window[(dy + pad) * size + dx + pad] = w
-    window = window.reshape(size * size, -1, height, width).transpose(0, 1)[:, None]  # (N, 1, S, H, W)
-    v = cams.reshape(-1, cams.shape[-3], height, width)
+    weights = weights.unsqueeze(-3)  # (|D|, ..., 1, H, W): the same for every class
+    v = cams
     for _ in range(2**exp):
-        v = (F.unfold(v, size, padding=pad).view(*v.shape[:2], size * size, height, width) * window).sum(2)
-    return v.reshape(cams.shape)
+        step = torch.zeros_like(v)
+        for neighbour, w in zip(shifted_views(v, offsets), weights):
+            step.addcmul_(neighbour, w)
+        v = step
+    return v
 
 
 def dense_transition(boundary: torch.Tensor, radius: int, beta: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pipeline.cam.data import load_image
 from pipeline.cam.infer import CAM_STRIDE, cam_path, load_cam
-from pipeline.data.manifest import ImageRecord
+from pipeline.data.manifest import ImageRecord, same_shape_batches
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, file_digest, label_png_path, resume_folder, save_label_png
 from pipeline.irn.crf import CrfConfig, crf_labels, pairwise_kernel
@@ -50,16 +50,11 @@ def sem_seg_shard(records: list[ImageRecord], net_dir: str, cam_folder: str, out
     walk = SimpleNamespace(**cfg)
     crf_cfg = CrfConfig(**crf) if walk.crf else None
     todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
-    groups: dict[tuple, list[ImageRecord]] = {}
-    for record in todo:
-        groups.setdefault((record.height, record.width, len(record.class_ids)), []).append(record)
-    for group in groups.values():
-        for start in range(0, len(group), walk.batch_size):
-            batch = group[start : start + walk.batch_size]
-            cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
-            for record, cam, label in zip(batch, cams, _labels(net, batch, cams, walk, crf_cfg, device)):
-                with atomic_path(label_png_path(out, record.image_id)) as tmp:
-                    save_label_png(tmp, np.asarray([0, *cam["class_ids"]], np.uint8)[label])
+    for batch in same_shape_batches(todo, walk.batch_size):
+        cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
+        for record, cam, label in zip(batch, cams, _labels(net, batch, cams, walk, crf_cfg, device)):
+            with atomic_path(label_png_path(out, record.image_id)) as tmp:
+                save_label_png(tmp, np.asarray([0, *cam["class_ids"]], np.uint8)[label])
     return len(todo)
 
 

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 
 from pipeline.cam.data import augment, load_image
 from pipeline.cam.infer import stride_size
-from pipeline.data.manifest import ImageRecord, read_manifest
-from pipeline.errors import UserError
+from pipeline.data.manifest import ImageRecord, read_manifest, records_with_labels
 from pipeline.io import label_png_path, read_label
 from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, path_affinities
 from pipeline.irn.net import BoundaryNet, save_boundary_net
@@ -76,12 +75,7 @@ def train_irn(params: Params, manifest: Path, ir_labels: Path, out: Path, init_n
               name: str | None = None, **extra) -> list[dict]:
     """Train the boundary net on Ray Train and export it into `out`; returns the per-epoch history."""
     cfg = params.train_irn
-    records = read_manifest(manifest)
-    if len(records) < cfg.batch_size:
-        raise UserError(f"{manifest}: {len(records)} images, fewer than train_irn.batch_size={cfg.batch_size}")
-    missing = [r for r in records if not label_png_path(ir_labels, r.image_id).is_file()]
-    if missing:
-        raise UserError(f"{label_png_path(ir_labels, missing[0].image_id)}: IR label missing ({len(missing)} of {len(records)}; run make_ir_label first)")
+    records_with_labels(manifest, ir_labels, cfg.batch_size, "train_irn", "make_ir_label")
     config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
               "ir_labels": str(Path(ir_labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}
     package = Path(__file__).resolve().parents[1]

@@ -1,0 +1,57 @@
+"""Segmentation inference and scores: multi-scale + flip class probabilities, optionally refined
+by the dense CRF, arg-maxed over every class (no image labels at test time)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from pipeline.cam.data import load_image
+from pipeline.cam.nets import upsample
+from pipeline.data.manifest import ImageRecord, same_shape_batches
+from pipeline.irn.crf import CrfConfig, mean_field, pairwise_kernel
+
+
+@torch.no_grad()
+def multiscale_probabilities(net, images: torch.Tensor, scales: list[float]) -> torch.Tensor:
+    """Softmax class probabilities (N, L, H, W), averaged over scales and mirrors."""
+    height, width = images.shape[-2:]
+    total = 0
+    for scale in scales:
+        x = images if scale == 1 else upsample(images, (round(height * scale), round(width * scale)))
+        logits = net(torch.cat([x, x.flip(-1)]))["out"]
+        direct, mirrored = logits[: len(images)], logits[len(images) :].flip(-1)
+        total = total + F.softmax(upsample(direct, (height, width)), 1) + F.softmax(upsample(mirrored, (height, width)), 1)
+    return total / (2 * len(scales))
+
+
+def predict_labels(net, records: list[ImageRecord], scales: list[float], batch_size: int,
+                   crf: CrfConfig | None = None, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """image_id -> predicted label map (H, W) of class ids."""
+    predictions = {}
+    for batch in same_shape_batches(records, batch_size):
+        images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
+        prob = multiscale_probabilities(net, images, scales)
+        if crf is not None:
+            prob = mean_field(-prob.clamp_min(1e-8).log(), pairwise_kernel(images * 255, crf), crf)
+        for record, label in zip(batch, prob.argmax(1).cpu().numpy().astype(np.uint8)):
+            predictions[record.image_id] = label
+    return predictions
+
+
+def confusion_image(conf: np.ndarray, names: list[str], cell: int = 36) -> np.ndarray:
+    """A row-normalised confusion matrix (rows: ground truth, columns: prediction) as an RGB image."""
+    rows = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    left, top = 7 * max(len(n) for n in names) + 8, 30
+    image = Image.new("RGB", (left + cell * len(names), top + cell * len(names)), "white")
+    draw = ImageDraw.Draw(image)
+    for i, name in enumerate(names):
+        draw.text((4, top + i * cell + cell // 3), name, fill="black")
+        draw.text((left + i * cell + 2, 4 + (i % 2) * 12), name[:5], fill="black")  # staggered: names are wider than cells
+        for j in range(len(names)):
+            shade = int(255 * (1 - rows[i, j]))
+            box = (left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1)
+            draw.rectangle(box, fill=(shade, shade, 255))
+            draw.text((box[0] + 4, box[1] + cell // 3), f"{100 * rows[i, j]:.0f}", fill="black" if shade > 120 else "white")
+    return np.asarray(image)

@@ -1,0 +1,86 @@
+"""Training the segmentation net on pseudo labels, on Ray Train (pipeline.train_loop): SGD with
+the head at 10x the backbone's learning rate, poly schedule, random rescale + flip + crop, label
+255 ignored; the plain or the reference's balanced cross-entropy."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.cam.data import augment, load_image
+from pipeline.data.manifest import ImageRecord, read_manifest, records_with_labels
+from pipeline.irn.train import initial_backbone
+from pipeline.io import label_png_path, read_label
+from pipeline.metrics import IGNORE
+from pipeline.params import Params
+from pipeline.seg.net import build_seg_net, parameter_groups, save_seg_net
+from pipeline.train_loop import Setup, fit_final_state, ray_worker, run_name
+
+
+class SegTrainSet(torch.utils.data.Dataset):
+    """(augmented image in [0, 1], its label map with IGNORE outside the image) per manifest row."""
+
+    def __init__(self, records: list[ImageRecord], label_folder: str | Path, crop_size: int, long_side: tuple[int, int]):
+        self.records, self.label_folder = records, label_folder
+        self.crop_size, self.long_side = crop_size, long_side
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        label = torch.from_numpy(read_label(label_png_path(self.label_folder, record.image_id)).astype("int64"))
+        return augment(load_image(record.image_path), self.crop_size, self.long_side, label)
+
+
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The reference's loss: mean CE over background pixels + mean CE over foreground pixels, so
+    that a small object weighs as much as the background around it (IGNORE left out)."""
+    per_pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
+    background, foreground = labels == 0, (labels > 0) & (labels != IGNORE)
+    return sum((per_pixel * part).sum() / part.sum().clamp_min(1) for part in (background, foreground))
+
+
+def seg_step(net, images: torch.Tensor, labels: torch.Tensor, balanced: bool) -> dict[str, torch.Tensor]:
+    logits = net(images)["out"]
+    loss = balanced_cross_entropy(logits, labels) if balanced else F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    return {"loss": loss}
+
+
+def seg_setup(params: Params, config: dict, device) -> Setup:
+    cfg = params.train_seg
+    net = build_seg_net(initial_backbone(params, config["init_net"]), len(params.dataset.class_names) + 1,
+                        cfg.atrous_rates, cfg.head_width).to(device)
+    backbone, head = parameter_groups(net)
+    optimizer = torch.optim.SGD([{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}],
+                                lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    dataset = SegTrainSet(read_manifest(config["manifest"]), config["labels"], cfg.crop_size, tuple(cfg.long_side))
+    return Setup(net, partial(seg_step, balanced=cfg.loss == "balanced"), optimizer, dataset, cfg)
+
+
+def seg_worker(config: dict) -> None:
+    ray_worker(config, seg_setup)
+
+
+TRAINING_CODE = ("seg/train.py", "seg/net.py", "cam/data.py", "train_loop.py", "distributed.py", "params.py")
+
+
+def train_seg(params: Params, manifest: Path, labels: Path, out: Path, init_net: Path | None = None,
+              name: str | None = None, **extra) -> list[dict]:
+    """Train DeepLabV3 on the pseudo labels on Ray Train and export it; returns the per-epoch history."""
+    cfg = params.train_seg
+    records_with_labels(manifest, labels, cfg.batch_size, "train_seg", "make_sem_seg")
+    config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
+              "labels": str(Path(labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}
+    package = Path(__file__).resolve().parents[1]
+    inputs = [Path(manifest), Path(labels) / "source.json", *([Path(init_net) / "weights.pt"] if init_net else []),
+              *(package / code for code in TRAINING_CODE)]
+    state = fit_final_state(seg_worker, config, params.distributed, name or run_name("train_seg", config, inputs))
+    net = build_seg_net(initial_backbone(params, config["init_net"]), len(params.dataset.class_names) + 1,
+                        cfg.atrous_rates, cfg.head_width)
+    net.load_state_dict(state["model"])
+    head = {"rates": list(cfg.atrous_rates), "width": cfg.head_width}
+    save_seg_net(out, net, params.backbone, params.dataset.class_names, head, state["history"])
+    return state["history"]

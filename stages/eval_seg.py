@@ -1,0 +1,41 @@
+"""DVC stage eval_seg: val mIoU of the segmentation net (multi-scale + flip, optional CRF)."""
+import numpy as np
+from PIL import Image
+
+from pipeline import layout, tracking
+from pipeline.cam.evaluate import context_ids, side_by_side, summarise, sweep, with_ground_truth
+from pipeline.data.manifest import read_manifest
+from pipeline.io import atomic_path, write_json
+from pipeline.irn.crf import CrfConfig
+from pipeline.report import write_curve
+from pipeline.seg.evaluate import confusion_image, predict_labels
+from pipeline.seg.net import load_seg_net
+from pipeline.stage import run_stage
+
+
+def main(params):
+    cfg = params.eval_seg
+    with tracking.stage_run("eval_seg", params, sections=("eval_seg", "crf")) as run:
+        net, _ = load_seg_net(layout.SEG_NET_DIR)
+        records = with_ground_truth(read_manifest(layout.manifest_path("val")))
+        predictions = predict_labels(net, records, cfg.scales, cfg.batch_size, CrfConfig(**params.crf.model_dump()) if cfg.crf else None)
+        names = params.dataset.class_names
+        totals = sweep(records, lambda r: predictions[r.image_id][None], 1, len(names), context_ids(params.dataset))
+        metrics, _ = summarise(totals, np.zeros(1), names)
+        metrics.pop("best_threshold")
+        write_json(layout.METRICS_DIR / "segmentation.json", {"images": len(records), **metrics})
+        labels = ["background", *names]
+        write_curve(layout.PLOTS_DIR / "segmentation_confusion.csv",
+                    [{"actual": a, **{p: int(n) for p, n in zip(labels, row)}} for a, row in zip(labels, totals.confusion[0])])
+        matrix = confusion_image(totals.confusion[0], labels)
+        with atomic_path(layout.PLOTS_DIR / "segmentation_confusion.png") as tmp:
+            Image.fromarray(matrix).save(tmp, format="PNG")
+        run.log_image(matrix, "confusion.png")
+        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        for record in records[: cfg.overlays]:
+            run.log_image(side_by_side(record, predictions[record.image_id]), f"overlays/{record.image_id}.png")
+        print(f"segmentation (val, {len(records)} images): mIoU {metrics['miou']:.1f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

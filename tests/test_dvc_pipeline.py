@@ -31,6 +31,8 @@ SMALL = {
         "eval_cam": {"overlays": 1},
         "train_irn": {"epochs": 1, "batch_size": 4, "radius": 4, "side_channels": 8},
         "eval_sem_seg": {"overlays": 1},
+        "train_seg": {"epochs": 1, "batch_size": 4, "head_width": 8},
+        "eval_seg": {"scales": [1.0], "overlays": 1},
     },
 }
 
@@ -84,7 +86,7 @@ def test_repro_then_metrics_then_experiment(project):
     clip = metrics["metrics/clip.json"]["data"]
     assert {"object_top1", "background_top1_masked", "hole_margin"} <= set(clip)
     assert metrics["metrics/data.json"]["data"]["train_images"] == 8
-    for name in ("cam_baseline", "cam_clims", "pseudo_labels"):
+    for name in ("cam_baseline", "cam_clims", "pseudo_labels", "segmentation"):
         assert 0 <= metrics[f"metrics/{name}.json"]["data"]["miou"] <= 100
     assert 0 < metrics["metrics/ir_labels.json"]["data"]["coverage"] <= 100
     assert "didn't change" in _run(["dvc", "repro"], root, env) or "up to date" in _run(["dvc", "status"], root, env)

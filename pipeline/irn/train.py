@@ -22,8 +22,9 @@ from pipeline.params import Params
 from pipeline.train_loop import Setup, fit_final_state, ray_worker, run_name
 
 
-class IrnTrainSet(torch.utils.data.Dataset):
-    """(augmented image in [0, 1], its IR label on the stride-4 grid) per manifest row."""
+class LabelMapTrainSet(torch.utils.data.Dataset):
+    """(augmented image in [0, 1], its label map, IGNORE outside the image) per manifest row;
+    the label maps are one PNG per image in `label_folder` (IR labels, pseudo labels)."""
 
     def __init__(self, records: list[ImageRecord], label_folder: str | Path, crop_size: int, long_side: tuple[int, int]):
         self.records, self.label_folder = records, label_folder
@@ -35,7 +36,14 @@ class IrnTrainSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         label = torch.from_numpy(read_label(label_png_path(self.label_folder, record.image_id)).astype("int64"))
-        image, label = augment(load_image(record.image_path), self.crop_size, self.long_side, label)
+        return augment(load_image(record.image_path), self.crop_size, self.long_side, label)
+
+
+class IrnTrainSet(LabelMapTrainSet):
+    """The IR label taken to the stride-4 grid (nearest), where the boundary net works."""
+
+    def __getitem__(self, index: int):
+        image, label = super().__getitem__(index)
         grid = F.interpolate(label[None, None].float(), size=stride_size(*label.shape), mode="nearest")[0, 0]
         return image, grid.long()
 

@@ -9,30 +9,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.cam.data import augment, load_image
-from pipeline.data.manifest import ImageRecord, read_manifest, records_with_labels
-from pipeline.irn.train import initial_backbone
-from pipeline.io import label_png_path, read_label
+from pipeline.data.manifest import read_manifest, records_with_labels
+from pipeline.irn.train import LabelMapTrainSet, initial_backbone
 from pipeline.metrics import IGNORE
 from pipeline.params import Params
 from pipeline.seg.net import build_seg_net, parameter_groups, save_seg_net
 from pipeline.train_loop import Setup, fit_final_state, ray_worker, run_name
-
-
-class SegTrainSet(torch.utils.data.Dataset):
-    """(augmented image in [0, 1], its label map with IGNORE outside the image) per manifest row."""
-
-    def __init__(self, records: list[ImageRecord], label_folder: str | Path, crop_size: int, long_side: tuple[int, int]):
-        self.records, self.label_folder = records, label_folder
-        self.crop_size, self.long_side = crop_size, long_side
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int):
-        record = self.records[index]
-        label = torch.from_numpy(read_label(label_png_path(self.label_folder, record.image_id)).astype("int64"))
-        return augment(load_image(record.image_path), self.crop_size, self.long_side, label)
 
 
 def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -56,7 +38,7 @@ def seg_setup(params: Params, config: dict, device) -> Setup:
     backbone, head = parameter_groups(net)
     optimizer = torch.optim.SGD([{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}],
                                 lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    dataset = SegTrainSet(read_manifest(config["manifest"]), config["labels"], cfg.crop_size, tuple(cfg.long_side))
+    dataset = LabelMapTrainSet(read_manifest(config["manifest"]), config["labels"], cfg.crop_size, tuple(cfg.long_side))
     return Setup(net, partial(seg_step, balanced=cfg.loss == "balanced"), optimizer, dataset, cfg)
 
 
@@ -64,7 +46,7 @@ def seg_worker(config: dict) -> None:
     ray_worker(config, seg_setup)
 
 
-TRAINING_CODE = ("seg/train.py", "seg/net.py", "cam/data.py", "train_loop.py", "distributed.py", "params.py")
+TRAINING_CODE = ("seg/train.py", "seg/net.py", "irn/train.py", "cam/data.py", "train_loop.py", "distributed.py", "params.py")
 
 
 def train_seg(params: Params, manifest: Path, labels: Path, out: Path, init_net: Path | None = None,

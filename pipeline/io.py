@@ -69,6 +69,32 @@ def write_json(path: str | Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+NET_WEIGHTS, NET_META = "weights.pt", "net.json"
+
+
+def save_net_folder(folder: str | Path, net, meta: dict) -> None:
+    """A trained net as a folder: `weights.pt` (a plain state dict of CPU tensors, loadable with
+    weights_only=True) and `net.json` (`meta`: what builds the architecture, plus its history)."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / NET_WEIGHTS) as tmp:
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
+    write_json(folder / NET_META, meta)
+
+
+def read_net_folder(folder: str | Path, missing: str) -> tuple[dict, dict]:
+    """(state dict, meta) of a net folder; a folder without net.json stops with `missing`."""
+    import torch
+
+    meta_path = Path(folder) / NET_META
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path}: {missing}")
+    meta = json.loads(meta_path.read_text())
+    return torch.load(Path(folder) / NET_WEIGHTS, map_location="cpu", weights_only=True), meta
+
+
 def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

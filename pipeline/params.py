@@ -176,18 +176,18 @@ class Distributed(Section):
     storage: str  # Ray Train's storage (checkpoints); relative paths are made absolute from the repo
 
 
-class Optimisation(Section):
+class Training(Section):
+    """What every trained stage (pipeline.train_loop) reads: SGD, schedule, augmentation, loader."""
+
     seed: NonNegativeInt
     epochs: PositiveInt
     batch_size: PositiveInt  # over all workers
     lr: PositiveFloat  # backbone
-    head_lr_scale: PositiveFloat  # the classifier's lr = lr x this
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
     weight_decay: Annotated[float, Field(ge=0.0)]
     schedule: Literal["cosine", "poly"]
     crop_size: Annotated[int, Field(ge=16)]
     long_side: list[PositiveInt] = Field(min_length=2, max_length=2)  # random rescale range (pixels)
-    frozen_stem: bool  # conv1/bn1 fixed (the reference's choice with ImageNet weights)
     loader_workers: NonNegativeInt  # DataLoader processes per training worker
 
     @model_validator(mode="after")
@@ -195,6 +195,11 @@ class Optimisation(Section):
         if self.long_side[0] > self.long_side[1]:
             raise ValueError(f"long_side: {self.long_side[0]} is larger than {self.long_side[1]}")
         return self
+
+
+class Optimisation(Training):
+    head_lr_scale: PositiveFloat  # the classifier's lr = lr x this
+    frozen_stem: bool  # conv1/bn1 fixed (the reference's choice with ImageNet weights)
 
 
 class TrainCam(Optimisation):
@@ -280,22 +285,15 @@ class MakeIrLabel(Section):
         return self
 
 
-class TrainIrn(Section):
+FeaturesFrom = Literal["baseline", "clims", "backbone"]  # a CAM net's backbone, or `backbone` with its weights file
+
+
+class TrainIrn(Training):
     """IRN's boundary branch on a frozen backbone, from the IR labels' pixel pairs."""
 
-    features_from: Literal["baseline", "clims", "backbone"]  # a CAM net's backbone, or `backbone` with its weights file
-    seed: NonNegativeInt
-    epochs: PositiveInt
-    batch_size: PositiveInt  # over all workers
-    lr: PositiveFloat
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
-    weight_decay: Annotated[float, Field(ge=0.0)]
-    schedule: Literal["cosine", "poly"]
-    crop_size: Annotated[int, Field(ge=16)]
-    long_side: list[PositiveInt] = Field(min_length=2, max_length=2)
+    features_from: FeaturesFrom
     radius: Annotated[int, Field(ge=2)]  # pixel pairs within this distance on the stride-4 grid
     side_channels: Annotated[int, Field(ge=4, multiple_of=4)]  # GroupNorm(4) per side output
-    loader_workers: NonNegativeInt
 
 
 class MakeSemSeg(Section):
@@ -316,24 +314,14 @@ class EvalSemSeg(Section):
 
 
 # --------------------------------------------------------------------------- segmentation
-class TrainSeg(Section):
+class TrainSeg(Training):
     """DeepLabV3 trained on the pseudo labels (pipeline.seg)."""
 
-    features_from: Literal["baseline", "clims", "backbone"]  # initial backbone: a CAM net's, or `backbone` with its weights file
-    seed: NonNegativeInt
-    epochs: PositiveInt
-    batch_size: PositiveInt  # over all workers
-    lr: PositiveFloat  # backbone
+    features_from: FeaturesFrom  # the starting backbone
     head_lr_scale: PositiveFloat
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
-    weight_decay: Annotated[float, Field(ge=0.0)]
-    schedule: Literal["cosine", "poly"]
-    crop_size: Annotated[int, Field(ge=16)]
-    long_side: list[PositiveInt] = Field(min_length=2, max_length=2)
     loss: Literal["ce", "balanced"]  # balanced: mean background CE + mean foreground CE (the reference)
     atrous_rates: list[PositiveInt] = Field(min_length=1)
     head_width: Annotated[int, Field(ge=8)]
-    loader_workers: NonNegativeInt
 
 
 class EvalSeg(Section):

@@ -4,6 +4,8 @@ the same augmentation carries a label map along (IRN training).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from PIL import Image
 
 from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
+from pipeline.io import label_png_path, read_label
 from pipeline.metrics import IGNORE
 
 
@@ -45,6 +48,23 @@ class CamTrainSet(torch.utils.data.Dataset):
         record = self.records[index]
         image = augment(load_image(record.image_path), self.crop_size, self.long_side)
         return image, multi_hot(record.class_ids, self.num_classes)
+
+
+class LabelMapTrainSet(torch.utils.data.Dataset):
+    """(augmented image in [0, 1], its label map, IGNORE outside the image) per manifest row;
+    the label maps are one PNG per image in `label_folder` (IR labels, pseudo labels)."""
+
+    def __init__(self, records: list[ImageRecord], label_folder: str | Path, crop_size: int, long_side: tuple[int, int]):
+        self.records, self.label_folder = records, label_folder
+        self.crop_size, self.long_side = crop_size, long_side
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        label = torch.from_numpy(read_label(label_png_path(self.label_folder, record.image_id)).astype("int64"))
+        return augment(load_image(record.image_path), self.crop_size, self.long_side, label)
 
 
 def augment(image: torch.Tensor, crop_size: int, long_side: tuple[int, int], label: torch.Tensor | None = None):

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from pipeline.cam.nets import CamNet, upsample
-from pipeline.data.manifest import ImageRecord
-from pipeline.io import atomic_path, file_digest, resume_folder
+from pipeline.data.manifest import ImageRecord, same_shape_batches
+from pipeline.io import NET_WEIGHTS, atomic_path, file_digest, resume_folder
 
 CAM_STRIDE = 4
 
@@ -84,16 +84,11 @@ def cam_shard(records: list[ImageRecord], net_dir: str, out: str, scales: list[f
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     net, _ = load_net(net_dir, device)
     todo = [r for r in records if not cam_path(out, r.image_id).is_file()]
-    by_size: dict[tuple[int, int], list[ImageRecord]] = {}
-    for record in todo:
-        by_size.setdefault((record.height, record.width), []).append(record)
-    for group in by_size.values():
-        for start in range(0, len(group), batch_size):
-            batch = group[start : start + batch_size]
-            images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
-            maps = {k: v.float().cpu() for k, v in multiscale_maps(net, images, scales).items()}
-            for i, record in enumerate(batch):
-                save_cam(cam_path(out, record.image_id), select_classes({k: v[i] for k, v in maps.items()}, record.class_ids))
+    for batch in same_shape_batches(todo, batch_size):
+        images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
+        maps = {k: v.float().cpu() for k, v in multiscale_maps(net, images, scales).items()}
+        for i, record in enumerate(batch):
+            save_cam(cam_path(out, record.image_id), select_classes({k: v[i] for k, v in maps.items()}, record.class_ids))
     return len(todo)
 
 
@@ -103,7 +98,7 @@ def make_cams(records: list[ImageRecord], net_dir: Path, out: Path, cfg, dist) -
     from pipeline.distributed import map_shards
 
     load_net(net_dir)  # a missing or broken net stops here, before the output folder exists
-    resume_folder(out, {"weights_sha256": file_digest(Path(net_dir) / "weights.pt"), "scales": list(cfg.scales)})
+    resume_folder(out, {"weights_sha256": file_digest(Path(net_dir) / NET_WEIGHTS), "scales": list(cfg.scales)})
     written = map_shards(cam_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(out.resolve()),
                          list(cfg.scales), cfg.batch_size, dist.use_gpu, cpus=dist.cpus_per_worker)
     return sum(written)

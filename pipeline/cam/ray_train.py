@@ -2,50 +2,45 @@
 checkpoint, resumption after a lost worker): the worker setup of the baseline and CLIMS nets,
 and the exported net.
 
-An exported net is a folder with `weights.pt` (a plain state dict, loadable with
-weights_only=True) and `net.json` (what builds the architecture, plus the training history).
+An exported net is a net folder (pipeline.io.save_net_folder): `weights.pt` and `net.json`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from pipeline.cam.data import CamTrainSet
 from pipeline.cam.losses import ClimsLoss, LossWeights
-from pipeline.cam.nets import CamNet, build_cam_net
+from pipeline.cam.nets import CamNet, build_backbone, build_cam_net
 from pipeline.cam.train import baseline_step, clims_step, make_optimizer
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import UserError
-from pipeline.io import atomic_path, write_json
+from pipeline.io import read_net_folder, save_net_folder
 from pipeline.params import Backbone, Params
 from pipeline.train_loop import Setup, fit_final_state, ray_worker, run_name
 
-WEIGHTS_FILE, NET_FILE = "weights.pt", "net.json"
 KINDS = ("baseline", "clims")
 
 
 # --------------------------------------------------------------------------- exported nets
 def save_net(folder: Path, net: CamNet, backbone: Backbone, class_names: list[str], kind: str, history: list[dict]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
-    meta = {"kind": kind, "class_names": class_names, "bias": net.classifier.bias is not None,
-            "backbone": backbone.model_dump(), "history": history}
-    write_json(folder / NET_FILE, meta)
+    save_net_folder(folder, net, {"kind": kind, "class_names": class_names, "bias": net.classifier.bias is not None,
+                                  "backbone": backbone.model_dump(), "history": history})
 
 
 def load_net(folder: str | Path, device: str | torch.device = "cpu") -> tuple[CamNet, dict]:
-    folder = Path(folder)
-    meta_path = folder / NET_FILE
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path}: no trained CAM net here (run its training stage first)")
-    meta = json.loads(meta_path.read_text())
+    state, meta = read_net_folder(folder, "no trained CAM net here (run its training stage first)")
     backbone = Backbone.model_validate(meta["backbone"])
     net = build_cam_net(backbone.model_copy(update={"weights": None}), len(meta["class_names"]), meta["bias"])
-    net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    net.load_state_dict(state)
     return net.to(device).eval(), meta
+
+
+def backbone_from(params: Params, init_net: str | Path | None):
+    """Starting features for IRN and the segmentation net: a trained CAM net's backbone, or
+    `backbone` with its ImageNet weights file."""
+    return load_net(init_net)[0].backbone if init_net else build_backbone(params.backbone)
 
 
 # --------------------------------------------------------------------------- one worker's training

@@ -3,12 +3,10 @@ boundary branch. Each of the five backbone stages (stem, layer1..layer4) gives a
 (1x1 conv to 32 channels, GroupNorm, ReLU) resized to the stride-4 grid; a 1x1 conv fuses them
 into one boundary logit per grid cell.
 
-An exported IRN is a folder with `weights.pt` (a plain state dict, backbone included) and
-`net.json` (the backbone config, side width and training history).
+An exported IRN is a net folder (pipeline.io.save_net_folder; the backbone's weights included).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,12 +15,8 @@ import torch.nn.functional as F
 
 from pipeline.cam.infer import stride_size
 from pipeline.cam.nets import IMAGENET_MEAN, IMAGENET_STD, Backbone, build_backbone
-from pipeline.errors import UserError
-from pipeline.io import atomic_path, write_json
+from pipeline.io import read_net_folder, save_net_folder
 from pipeline.params import Backbone as BackboneConfig
-
-WEIGHTS_FILE, NET_FILE = "weights.pt", "net.json"
-
 
 def backbone_stages(backbone: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
     """The outputs of the stem and of each of the four layers."""
@@ -73,19 +67,12 @@ def boundary_map(net: BoundaryNet, images01: torch.Tensor) -> torch.Tensor:
 
 
 def save_boundary_net(folder: Path, net: BoundaryNet, backbone: BackboneConfig, side_channels: int, history: list[dict]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
-    write_json(folder / NET_FILE, {"backbone": backbone.model_dump(), "side_channels": side_channels, "history": history})
+    save_net_folder(folder, net, {"backbone": backbone.model_dump(), "side_channels": side_channels, "history": history})
 
 
 def load_boundary_net(folder: str | Path, device: str | torch.device = "cpu") -> tuple[BoundaryNet, dict]:
-    folder = Path(folder)
-    meta_path = folder / NET_FILE
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path}: no trained IRN here (run train_irn first)")
-    meta = json.loads(meta_path.read_text())
+    state, meta = read_net_folder(folder, "no trained IRN here (run train_irn first)")
     backbone = BackboneConfig.model_validate(meta["backbone"]).model_copy(update={"weights": None})
     net = BoundaryNet(build_backbone(backbone), meta["side_channels"])
-    net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    net.load_state_dict(state)
     return net.to(device).eval(), meta

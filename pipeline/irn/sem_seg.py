@@ -13,7 +13,7 @@ from pipeline.cam.data import load_image
 from pipeline.cam.infer import CAM_STRIDE, cam_path, load_cam
 from pipeline.data.manifest import ImageRecord, same_shape_batches
 from pipeline.errors import UserError
-from pipeline.io import atomic_path, file_digest, label_png_path, resume_folder, save_label_png
+from pipeline.io import NET_WEIGHTS, atomic_path, file_digest, label_png_path, resume_folder, save_label_png
 from pipeline.irn.crf import CrfConfig, crf_labels, pairwise_kernel
 from pipeline.irn.net import BoundaryNet, boundary_map
 from pipeline.irn.random_walk import propagate
@@ -75,7 +75,7 @@ def make_sem_seg(records: list[ImageRecord], net_dir: Path, cam_folder: Path, ou
     missing = [r.image_id for r in records if not cam_path(cam_folder, r.image_id).is_file()]
     if missing:
         raise UserError(f"{cam_path(cam_folder, missing[0])}: CAM file missing ({len(missing)} of {len(records)}; run make_cam first)")
-    resume_folder(out, {"irn_sha256": file_digest(net_dir / "weights.pt"), "cams": file_digest(cam_folder / "source.json"),
+    resume_folder(out, {"irn_sha256": file_digest(net_dir / NET_WEIGHTS), "cams": file_digest(cam_folder / "source.json"),
                         "crf": crf.model_dump() if cfg.crf else None, **cfg.model_dump(exclude={"num_workers", "batch_size"})})
     written = map_shards(sem_seg_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(cam_folder.resolve()),
                          str(out.resolve()), cfg.model_dump(exclude={"num_workers"}), crf.model_dump(), dist.use_gpu,

@@ -12,31 +12,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.cam.data import augment, load_image
+from pipeline.cam.data import LabelMapTrainSet
 from pipeline.cam.infer import stride_size
-from pipeline.data.manifest import ImageRecord, read_manifest, records_with_labels
-from pipeline.io import label_png_path, read_label
+from pipeline.cam.ray_train import backbone_from
+from pipeline.data.manifest import read_manifest, records_with_labels
+from pipeline.io import NET_WEIGHTS
 from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, path_affinities
 from pipeline.irn.net import BoundaryNet, save_boundary_net
 from pipeline.params import Params
 from pipeline.train_loop import Setup, fit_final_state, ray_worker, run_name
-
-
-class LabelMapTrainSet(torch.utils.data.Dataset):
-    """(augmented image in [0, 1], its label map, IGNORE outside the image) per manifest row;
-    the label maps are one PNG per image in `label_folder` (IR labels, pseudo labels)."""
-
-    def __init__(self, records: list[ImageRecord], label_folder: str | Path, crop_size: int, long_side: tuple[int, int]):
-        self.records, self.label_folder = records, label_folder
-        self.crop_size, self.long_side = crop_size, long_side
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int):
-        record = self.records[index]
-        label = torch.from_numpy(read_label(label_png_path(self.label_folder, record.image_id)).astype("int64"))
-        return augment(load_image(record.image_path), self.crop_size, self.long_side, label)
 
 
 class IrnTrainSet(LabelMapTrainSet):
@@ -56,17 +40,9 @@ def boundary_step(net: BoundaryNet, images: torch.Tensor, grid_labels: torch.Ten
     return terms
 
 
-def initial_backbone(params: Params, init_net: str | None):
-    """The frozen features: a trained CAM net's backbone, or `backbone` with its ImageNet weights."""
-    from pipeline.cam.nets import build_backbone
-    from pipeline.cam.ray_train import load_net
-
-    return load_net(init_net)[0].backbone if init_net else build_backbone(params.backbone)
-
-
 def irn_setup(params: Params, config: dict, device) -> Setup:
     cfg = params.train_irn
-    net = BoundaryNet(initial_backbone(params, config["init_net"]), cfg.side_channels).to(device)
+    net = BoundaryNet(backbone_from(params, config["init_net"]), cfg.side_channels).to(device)
     optimizer = torch.optim.SGD(net.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dataset = IrnTrainSet(read_manifest(config["manifest"]), config["ir_labels"], cfg.crop_size, tuple(cfg.long_side))
     return Setup(net, partial(boundary_step, offsets=forward_offsets(cfg.radius)), optimizer, dataset, cfg)
@@ -76,7 +52,7 @@ def irn_worker(config: dict) -> None:
     ray_worker(config, irn_setup)
 
 
-TRAINING_CODE = ("irn/train.py", "irn/net.py", "irn/affinity.py", "cam/data.py", "train_loop.py", "distributed.py", "params.py")
+TRAINING_CODE = ("irn/train.py", "irn/net.py", "irn/affinity.py", "cam/data.py", "cam/ray_train.py", "train_loop.py", "distributed.py", "params.py")
 
 
 def train_irn(params: Params, manifest: Path, ir_labels: Path, out: Path, init_net: Path | None = None,
@@ -87,10 +63,10 @@ def train_irn(params: Params, manifest: Path, ir_labels: Path, out: Path, init_n
     config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
               "ir_labels": str(Path(ir_labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}
     package = Path(__file__).resolve().parents[1]
-    inputs = [Path(manifest), Path(ir_labels) / "source.json", *([Path(init_net) / "weights.pt"] if init_net else []),
+    inputs = [Path(manifest), Path(ir_labels) / "source.json", *([Path(init_net) / NET_WEIGHTS] if init_net else []),
               *(package / code for code in TRAINING_CODE)]
     state = fit_final_state(irn_worker, config, params.distributed, name or run_name("train_irn", config, inputs))
-    net = BoundaryNet(initial_backbone(params, config["init_net"]), cfg.side_channels)
+    net = BoundaryNet(backbone_from(params, config["init_net"]), cfg.side_channels)
     net.load_state_dict(state["model"])
     save_boundary_net(out, net, params.backbone, cfg.side_channels, state["history"])
     return state["history"]

@@ -5,12 +5,11 @@ width from params: rates (12, 24, 36) and width 256 are torchvision's for 512 px
 output stride 8; a 64 px synthetic image at output stride 4 has a 16 x 16 map, where small
 rates and a narrow head fit.
 
-An exported net is a folder with `weights.pt` (a plain state dict) and `net.json` (backbone
-config, head config, classes, training history).
+An exported net is a net folder (pipeline.io.save_net_folder): `weights.pt` and `net.json`
+(backbone config, head config, classes, training history).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -18,12 +17,8 @@ import torch.nn as nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 
 from pipeline.cam.nets import IMAGENET_MEAN, IMAGENET_STD, Backbone, build_backbone
-from pipeline.errors import UserError
-from pipeline.io import atomic_path, write_json
+from pipeline.io import read_net_folder, save_net_folder
 from pipeline.params import Backbone as BackboneConfig
-
-WEIGHTS_FILE, NET_FILE = "weights.pt", "net.json"
-
 
 class _Features(nn.Module):
     """DeepLabV3 reads the backbone's output from a dict; the nets take images in [0, 1]."""
@@ -58,19 +53,12 @@ def parameter_groups(net: DeepLabV3) -> tuple[list, list]:
 
 
 def save_seg_net(folder: Path, net: DeepLabV3, backbone: BackboneConfig, class_names: list[str], head: dict, history: list[dict]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
-    write_json(folder / NET_FILE, {"backbone": backbone.model_dump(), "class_names": class_names, "head": head, "history": history})
+    save_net_folder(folder, net, {"backbone": backbone.model_dump(), "class_names": class_names, "head": head, "history": history})
 
 
 def load_seg_net(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DeepLabV3, dict]:
-    folder = Path(folder)
-    meta_path = folder / NET_FILE
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path}: no trained segmentation net here (run train_seg first)")
-    meta = json.loads(meta_path.read_text())
+    state, meta = read_net_folder(folder, "no trained segmentation net here (run train_seg first)")
     backbone = build_backbone(BackboneConfig.model_validate(meta["backbone"]).model_copy(update={"weights": None}))
     net = build_seg_net(backbone, len(meta["class_names"]) + 1, meta["head"]["rates"], meta["head"]["width"])
-    net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    net.load_state_dict(state)
     return net.to(device).eval(), meta

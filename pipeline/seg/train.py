@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pipeline.cam.data import LabelMapTrainSet
+from pipeline.cam.ray_train import backbone_from
 from pipeline.data.manifest import read_manifest, records_with_labels
-from pipeline.irn.train import LabelMapTrainSet, initial_backbone
+from pipeline.io import NET_WEIGHTS
 from pipeline.metrics import IGNORE
 from pipeline.params import Params
 from pipeline.seg.net import build_seg_net, parameter_groups, save_seg_net
@@ -33,7 +35,7 @@ def seg_step(net, images: torch.Tensor, labels: torch.Tensor, balanced: bool) ->
 
 def seg_setup(params: Params, config: dict, device) -> Setup:
     cfg = params.train_seg
-    net = build_seg_net(initial_backbone(params, config["init_net"]), len(params.dataset.class_names) + 1,
+    net = build_seg_net(backbone_from(params, config["init_net"]), len(params.dataset.class_names) + 1,
                         cfg.atrous_rates, cfg.head_width).to(device)
     backbone, head = parameter_groups(net)
     optimizer = torch.optim.SGD([{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}],
@@ -46,7 +48,7 @@ def seg_worker(config: dict) -> None:
     ray_worker(config, seg_setup)
 
 
-TRAINING_CODE = ("seg/train.py", "seg/net.py", "irn/train.py", "cam/data.py", "train_loop.py", "distributed.py", "params.py")
+TRAINING_CODE = ("seg/train.py", "seg/net.py", "cam/data.py", "cam/ray_train.py", "train_loop.py", "distributed.py", "params.py")
 
 
 def train_seg(params: Params, manifest: Path, labels: Path, out: Path, init_net: Path | None = None,
@@ -57,10 +59,10 @@ def train_seg(params: Params, manifest: Path, labels: Path, out: Path, init_net:
     config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
               "labels": str(Path(labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}
     package = Path(__file__).resolve().parents[1]
-    inputs = [Path(manifest), Path(labels) / "source.json", *([Path(init_net) / "weights.pt"] if init_net else []),
+    inputs = [Path(manifest), Path(labels) / "source.json", *([Path(init_net) / NET_WEIGHTS] if init_net else []),
               *(package / code for code in TRAINING_CODE)]
     state = fit_final_state(seg_worker, config, params.distributed, name or run_name("train_seg", config, inputs))
-    net = build_seg_net(initial_backbone(params, config["init_net"]), len(params.dataset.class_names) + 1,
+    net = build_seg_net(backbone_from(params, config["init_net"]), len(params.dataset.class_names) + 1,
                         cfg.atrous_rates, cfg.head_width)
     net.load_state_dict(state["model"])
     head = {"rates": list(cfg.atrous_rates), "width": cfg.head_width}

@@ -2,6 +2,7 @@
 per-image work over Ray tasks."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -9,13 +10,22 @@ from typing import Any, Callable, Sequence
 from pipeline.tracking import repo_root
 
 
+# The terminal shows the workers' own prints (per-epoch progress) once each, not Ray Train's
+# INFO logs, its print-to-logger tee (which doubled every line) or the placement-group
+# cleaner's warnings about the state API (served by the dashboard, which is not started).
+QUIET_RAY_TRAIN = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+                   "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0"}
+
+
 def init_ray() -> None:
     """Join the cluster named by $RAY_ADDRESS, else start a local one (once per process)."""
     import ray
 
     if not ray.is_initialized():
+        for key, value in QUIET_RAY_TRAIN.items():  # inherited by a local cluster's processes
+            os.environ.setdefault(key, value)
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True,
-                 configure_logging=False)
+                 logging_level=logging.ERROR, logging_config=ray.LoggingConfig(log_level="ERROR"))
 
 
 def storage_path(configured: str) -> str:
@@ -31,7 +41,7 @@ def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str):
     to `dist.max_failures` times. Ray Train also resumes a run whose `name` already has
     checkpoints in the storage, so callers make the name unique to what is being trained.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     init_ray()
@@ -46,6 +56,8 @@ def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str):
             storage_path=storage_path(dist.storage),
             failure_config=FailureConfig(max_failures=dist.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            worker_runtime_env={"env_vars": QUIET_RAY_TRAIN},  # for workers of a remote cluster
         ),
     )
     return trainer.fit()

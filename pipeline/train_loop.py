@@ -121,12 +121,15 @@ def ray_worker(config: dict, setup: SetupFn) -> None:
     model = ray.train.torch.prepare_model(net)  # DDP when there is more than one worker
 
     for epoch in range(start, cfg.epochs):
+        began = time.perf_counter()
         sampler.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch * 16 + rank)  # augmentation: the same after a resume
         means = _all_reduce_means(train_epoch(model, job.step, loader, optimizer, scheduler, device))
         metrics = {"epoch": epoch + 1, "start_epoch": start, "workers": world, **means}  # start_epoch > 0: resumed
         history.append(metrics)
         if rank == 0:
+            terms = " ".join(f"{k} {v:.4f}" for k, v in means.items())
+            print(f"epoch {epoch + 1}/{cfg.epochs}: {terms} ({time.perf_counter() - began:.1f} s)", flush=True)
             state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch + 1, "history": history}
             with tempfile.TemporaryDirectory() as folder:

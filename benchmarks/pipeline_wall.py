@@ -32,7 +32,7 @@ def timed_run(command: list[str], cwd: Path, env: dict, log: Path) -> tuple[floa
     start = time.perf_counter()
     lines: list[tuple[float, str]] = []
     with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc, \
-            log.open("a") as sink:
+            log.open("a", buffering=1) as sink:
         for line in proc.stdout:
             lines.append((time.perf_counter() - start, line.rstrip("\n")))
             sink.write(line)

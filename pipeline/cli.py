@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,34 @@ def _check(args) -> None:
     print(f"{args.params}: ok")
 
 
+def _sweep(args) -> None:
+    import yaml
+
+    from pipeline.params import load_params, validate
+    from pipeline.sweep import run_sweep, sweep_dir
+
+    params = load_params()
+    given = {"name": args.name, "num_samples": args.num_samples, "search": args.search, "epochs": args.epochs}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if overrides:  # validated like params.yaml itself
+        raw = params.model_dump()
+        raw["sweep"].update(overrides)
+        params = validate(raw, "params.yaml + command line")
+    report = run_sweep(params)
+    print(f"\nbest of {report['trials']} trials ({sweep_dir(params.sweep.name) / 'best.yaml'}):")
+    print(yaml.safe_dump(report, sort_keys=False, width=1000).rstrip())
+
+
+def _ui(args) -> None:
+    from pipeline.params import load_params
+    from pipeline.tracking import tracking_uri
+
+    uri = tracking_uri(load_params().tracking.uri)
+    print(f"MLflow UI on {uri}: http://{args.host}:{args.port}", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    os.execv(sys.executable, command)  # the server replaces this process: Ctrl-C stops it
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="clims", description="CLIMS weakly supervised segmentation pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +77,16 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("check", help="validate params.yaml against the schema")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_check)
+    p = sub.add_parser("sweep", help="Ray Tune over the CLIMS loss weights and tau (params: sweep); resumes by name")
+    p.add_argument("--name", help="sweep.name: its folder sweeps/<name>/ and its MLflow parent run")
+    p.add_argument("--num-samples", type=int, help="sweep.num_samples: trials")
+    p.add_argument("--search", help="sweep.search: random | grid | optuna")
+    p.add_argument("--epochs", type=int, help="sweep.epochs: CLIMS epochs per trial")
+    p.set_defaults(func=_sweep)
+    p = sub.add_parser("ui", help="the MLflow UI on the project's tracking store")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_ui)
     args = parser.parse_args(argv)
     try:
         args.func(args)

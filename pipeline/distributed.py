@@ -12,20 +12,25 @@ from pipeline.tracking import repo_root
 
 # The terminal shows the workers' own prints (per-epoch progress) once each, not Ray Train's
 # INFO logs, its print-to-logger tee (which doubled every line) or the placement-group
-# cleaner's warnings about the state API (served by the dashboard, which is not started).
+# cleaner's warnings about the state API (served by the dashboard, which stages do not start).
 QUIET_RAY_TRAIN = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
                    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0"}
 
 
-def init_ray() -> None:
-    """Join the cluster named by $RAY_ADDRESS, else start a local one (once per process)."""
+def init_ray(dashboard: bool = False) -> None:
+    """Join the cluster named by $RAY_ADDRESS, else start a local one (once per process).
+
+    `dashboard`: a local cluster also serves Ray's state API (on 127.0.0.1), which Ray Train's
+    placement-group cleaner needs to free the CPUs of a Train run whose Tune trial was stopped
+    early; without it they stay reserved and the next trial's workers never start.
+    """
     import ray
 
     if not ray.is_initialized():
         for key, value in QUIET_RAY_TRAIN.items():  # inherited by a local cluster's processes
             os.environ.setdefault(key, value)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True,
-                 logging_level=logging.ERROR, logging_config=ray.LoggingConfig(log_level="ERROR"))
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 log_to_driver=True, logging_level=logging.ERROR, logging_config=ray.LoggingConfig(log_level="ERROR"))
 
 
 def storage_path(configured: str) -> str:
@@ -34,12 +39,14 @@ def storage_path(configured: str) -> str:
     return str(path if path.is_absolute() else (repo_root() / path).resolve())
 
 
-def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str):
+def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str, storage: str | None = None,
+        callbacks: list | None = None):
     """Run `train_fn(config)` on `dist.num_workers` Ray Train workers (DDP) and return the Result.
 
     A worker lost mid-run is replaced and the run resumes from the last reported checkpoint, up
     to `dist.max_failures` times. Ray Train also resumes a run whose `name` already has
-    checkpoints in the storage, so callers make the name unique to what is being trained.
+    checkpoints in the storage (`dist.storage` unless given), so callers make the name unique to
+    what is being trained. `callbacks`: Ray Train UserCallbacks (a sweep's TuneReportCallback).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -53,11 +60,11 @@ def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str):
                                      resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if dist.use_gpu else {})}),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_path(dist.storage),
+            storage_path=storage_path(storage or dist.storage),
             failure_config=FailureConfig(max_failures=dist.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING"),
-            worker_runtime_env={"env_vars": QUIET_RAY_TRAIN},  # for workers of a remote cluster
         ),
     )
     return trainer.fit()

@@ -245,14 +245,14 @@ class MakeCam(Section):
     num_workers: NonNegativeInt  # Ray tasks sharing the images; 0 runs in this process
 
 
-class Sweep(Section):
+class ThresholdRange(Section):
     start: Probability
     stop: Probability
     step: Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 class EvalCam(Section):
-    thresholds: Sweep  # background thresholds; each net is scored at its best one
+    thresholds: ThresholdRange  # background thresholds; each net is scored at its best one
     overlays: Annotated[int, Field(ge=0, le=64)]  # CAM overlays sent to MLflow
 
 
@@ -332,6 +332,67 @@ class EvalSeg(Section):
 
 
 # --------------------------------------------------------------------------- tracking
+# --------------------------------------------------------------------------- loss-weight sweeps
+class SearchDimension(Section):
+    """One searched value: sampled from [low, high] (log-uniform if `log`), or one of `values`
+    (every one of them under grid search)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    values: Optional[list[float]] = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.values is None and (self.low is None or self.high is None):
+            raise ValueError("give low and high, or values")
+        if self.values is not None and (self.low is not None or self.high is not None):
+            raise ValueError("give low and high, or values, not both")
+        if self.values is None and not self.low < self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        if self.log and (self.values is not None or self.low <= 0):
+            raise ValueError("log needs a range with low > 0")
+        return self
+
+
+class SweepSpace(Section):
+    """The CLIMS loss weights and the CBS threshold tau (clims_loss.weights.*, clims_loss.tau)."""
+
+    otm: SearchDimension
+    btm: SearchDimension
+    cbs: SearchDimension
+    reg: SearchDimension
+    tau: SearchDimension
+
+
+class Sweep(Section):
+    """`clims sweep`: Ray Tune trials of a short CLIMS training, scored by CAM mIoU on held
+    training images; ASHA stops the weak ones early."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # a rerun with the same name resumes
+    search: Literal["random", "grid", "optuna"]
+    num_samples: PositiveInt  # trials (grid: repeats of the whole grid)
+    seed: NonNegativeInt
+    epochs: PositiveInt  # CLIMS epochs per trial (ASHA's max_t)
+    grace_period: PositiveInt  # epochs every trial gets before ASHA may stop it
+    reduction_factor: Annotated[float, Field(gt=1.0)]
+    train_images: PositiveInt  # the first N training images train each trial
+    held_images: PositiveInt  # the last N training images (never trained on) score it
+    scales: list[PositiveFloat] = Field(min_length=1)  # CAM inference scales of the score
+    overlays: Annotated[int, Field(ge=0, le=16)]  # CAM overlays per trial in MLflow
+    space: SweepSpace
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.grace_period > self.epochs:
+            raise ValueError(f"grace_period: {self.grace_period} is more than epochs={self.epochs}")
+        if self.search == "grid":
+            ranged = [name for name, dim in self.space if dim.values is None]
+            if ranged:
+                raise ValueError(f"search: grid needs values (not low/high) for {ranged}")
+        return self
+
+
 class Tracking(Section):
     uri: Optional[str]  # None: sqlite:///<repo>/mlflow.db, or $MLFLOW_TRACKING_URI when set
     experiment: str
@@ -354,6 +415,7 @@ class Params(Section):
     eval_sem_seg: EvalSemSeg
     train_seg: TrainSeg
     eval_seg: EvalSeg
+    sweep: Sweep
     tracking: Tracking
 
     @model_validator(mode="after")

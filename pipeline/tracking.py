@@ -90,7 +90,7 @@ class StageRun:
         self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
 
-def _experiment_id(client, name: str) -> str:
+def experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -98,7 +98,7 @@ def _experiment_id(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=artifacts)
 
 
-def _log_params(client, run_id: str, tree: Mapping[str, Any]) -> None:
+def log_params(client, run_id: str, tree: Mapping[str, Any]) -> None:
     from mlflow.entities import Param
 
     items = [Param(k, v) for k, v in flatten(tree).items()]
@@ -113,7 +113,7 @@ def _parent_run_id(client, experiment_id: str, key: str, tags: dict[str, str], p
         return found[0].info.run_id
     name = os.environ.get("DVC_EXP_NAME") or f"pipeline-{key[:8]}"
     run_id = client.create_run(experiment_id, run_name=name, tags={PIPELINE_KEY_TAG: key, **tags}).info.run_id
-    _log_params(client, run_id, params)
+    log_params(client, run_id, params)
     return run_id
 
 
@@ -123,7 +123,7 @@ def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRu
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri(params.tracking.uri))
-    experiment_id = _experiment_id(client, params.tracking.experiment)
+    experiment_id = experiment_id(client, params.tracking.experiment)
     commit = _git("rev-parse", "HEAD").strip()
     tags = {"git.commit": commit or "unknown", "dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace")}
     if _git("status", "--porcelain", "--untracked-files=no", "--", *RUN_DEFINING_PATHS, PARAMS_FILE).strip():
@@ -133,7 +133,7 @@ def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRu
     run = client.create_run(
         experiment_id, run_name=stage, tags={"mlflow.parentRunId": parent, "clims.stage": stage, **tags}
     )
-    _log_params(client, run.info.run_id, {section: dumped[section] for section in sections})
+    log_params(client, run.info.run_id, {section: dumped[section] for section in sections})
     try:
         yield StageRun(client, run.info.run_id)
     except BaseException:

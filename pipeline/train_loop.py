@@ -75,6 +75,9 @@ class Setup:
     optimizer: torch.optim.Optimizer
     dataset: torch.utils.data.Dataset
     cfg: Any
+    # Run on rank 0 after every epoch: figures to add to the epoch's report, and files to keep
+    # in its checkpoint folder (a sweep trial's CAM mIoU and overlays)
+    evaluate: Callable[[torch.nn.Module, Path], dict] | None = None
 
 
 SetupFn = Callable[[Params, dict, torch.device], Setup]
@@ -126,16 +129,19 @@ def ray_worker(config: dict, setup: SetupFn) -> None:
         torch.manual_seed(cfg.seed * 1000 + epoch * 16 + rank)  # augmentation: the same after a resume
         means = _all_reduce_means(train_epoch(model, job.step, loader, optimizer, scheduler, device))
         metrics = {"epoch": epoch + 1, "start_epoch": start, "workers": world, **means}  # start_epoch > 0: resumed
-        history.append(metrics)
         if rank == 0:
-            terms = " ".join(f"{k} {v:.4f}" for k, v in means.items())
-            print(f"epoch {epoch + 1}/{cfg.epochs}: {terms} ({time.perf_counter() - began:.1f} s)", flush=True)
-            state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "epoch": epoch + 1, "history": history}
             with tempfile.TemporaryDirectory() as folder:
+                if job.evaluate is not None:
+                    metrics.update(job.evaluate(net, Path(folder)))
+                history.append(metrics)
+                terms = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "start_epoch", "workers"))
+                print(f"epoch {epoch + 1}/{cfg.epochs}: {terms} ({time.perf_counter() - began:.1f} s)", flush=True)
+                state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "epoch": epoch + 1, "history": history}
                 torch.save(state, Path(folder) / STATE_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
+            history.append(metrics)
             ray.train.report(metrics)
         _maybe_fail(config, epoch + 1, rank, world)
 

@@ -127,3 +127,36 @@ def test_sweep_finds_the_best_threshold_and_the_context_leak(tmp_path):
     low = rows[0]  # threshold 0.05: the 16 pixels at 0.4 are marked as the class
     assert low["context_leak"] == pytest.approx(100 * 16 / 32)
     assert low["miou"] == pytest.approx(100 * (44 / 60 + 4 / 20) / 2)
+
+
+def test_scoring_a_net_in_memory_equals_make_cam_then_the_sweep(tmp_path):
+    """A sweep trial's held-out score (no files) is what make_cam + the threshold sweep give."""
+    from types import SimpleNamespace
+
+    from pipeline.cam.evaluate import held_out_scorer, score_net
+    from pipeline.cam.ray_train import save_net
+
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(4):
+        label = np.zeros((32, 40), np.uint8)
+        label[rng.integers(0, 16):, rng.integers(0, 20):][:10, :12] = 1 + i % 3
+        records.append(_scene(tmp_path, f"img{i}", label))
+    net = _net()
+    save_net(tmp_path / "net", net, SMALL, ["a", "b", "c"], "baseline", [])
+    cfg = MakeCam(scales=[1.0, 0.5], batch_size=3, num_workers=0)
+    dist = Distributed(num_workers=1, cpus_per_worker=1, use_gpu=False, max_failures=0, storage="unused")
+    make_cams(records, tmp_path / "net", tmp_path / "cams", cfg, dist)
+    ts = thresholds(0.05, 0.95, 0.05)
+    from_files = sweep(records, cam_predictions(tmp_path / "cams", "high_res", ts), len(ts), 3)
+    net.train()
+    in_memory, cams = score_net(net, records, SimpleNamespace(class_names=["a", "b", "c"]), [1.0, 0.5], ts, batch_size=3)
+    assert net.training, "the net goes back to training mode"
+    np.testing.assert_array_equal(in_memory.confusion, from_files.confusion)
+    assert sorted(cams) == [r.image_id for r in records]
+
+    dataset = SimpleNamespace(class_names=["a", "b", "c"])
+    figures = held_out_scorer(records, dataset, [1.0, 0.5], ts, overlays=2)(net, tmp_path / "checkpoint")
+    expected, _ = summarise(from_files, ts, ["a", "b", "c"], "cam_")
+    assert figures["cam_miou"] == pytest.approx(expected["cam_miou"]) and "cam_per_class_iou" not in figures
+    assert sorted(p.name for p in (tmp_path / "checkpoint" / "overlays").iterdir()) == ["img0.png", "img1.png"]

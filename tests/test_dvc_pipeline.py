@@ -4,12 +4,15 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from conftest import REPO
 
@@ -25,6 +28,7 @@ SMALL = {
     },
     "backbone/small_resnet.yaml": {"widths": [8, 8, 16, 16]},
     "config.yaml": {
+        "distributed": {"cpus_per_worker": 1},  # two sweep trials at once on 2 CPUs
         "train_cam": {"epochs": 1, "batch_size": 4},
         "train_clims": {"epochs": 1, "batch_size": 4},
         "make_cam": {"scales": [1.0], "num_workers": 1},
@@ -33,6 +37,7 @@ SMALL = {
         "eval_sem_seg": {"overlays": 1},
         "train_seg": {"epochs": 1, "batch_size": 4, "head_width": 8},
         "eval_seg": {"scales": [1.0], "overlays": 1},
+        "sweep": {"name": "tiny", "epochs": 2, "train_images": 4, "held_images": 4, "overlays": 2},
     },
 }
 
@@ -91,11 +96,47 @@ def test_repro_then_metrics_then_experiment(project):
     assert 0 < metrics["metrics/ir_labels.json"]["data"]["coverage"] <= 100
     assert "didn't change" in _run(["dvc", "repro"], root, env) or "up to date" in _run(["dvc", "status"], root, env)
 
-    _run(["dvc", "exp", "run", "-n", "less-context", "-S", "dataset.cooccurrence=0.5"], root, env)
-    assert yaml.safe_load((root / "params.yaml").read_text())["dataset"]["cooccurrence"] == 0.5
+    # A sweep over the loss weights, interrupted once its first trial has finished, then run again.
+    sweep = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sweep", "--num-samples", "4"], cwd=root, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    trials = lambda: _trial_runs(client, "tiny")  # noqa: E731
+    deadline = time.time() + 300
+    while not any(r.info.status == "FINISHED" for r in trials()) and sweep.poll() is None and time.time() < deadline:
+        time.sleep(1)
+    sweep.send_signal(signal.SIGINT)
+    assert sweep.wait(timeout=120) is not None
+    finished_before = {r.info.run_id for r in trials() if r.info.status == "FINISHED"}
+    assert finished_before, sweep.stdout.read()[-3000:]
+    out = _run([sys.executable, "-m", "pipeline.cli", "sweep", "--num-samples", "4"], root, env)
+    assert "resuming sweep tiny" in out
+    runs = trials()
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert finished_before <= {r.info.run_id for r in runs}  # the finished trials were not run again
+    for run in runs:
+        assert set(run.data.params) == {"otm", "btm", "cbs", "reg", "tau"}
+        assert 0 <= run.data.metrics["cam_miou"] <= 100
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "cam_miou")]
+        assert epochs == sorted(set(epochs)) and set(epochs) <= {1, 2}  # no epoch logged twice
+    assert any(client.list_artifacts(r.info.run_id, "overlays") for r in runs)
+    best = yaml.safe_load((root / "sweeps" / "tiny" / "best.yaml").read_text())
+    assert best["trials"] == 4 and best["cam_miou"] == round(max(r.data.metrics["cam_miou"] for r in runs), 2)
+    assert best["apply"].startswith("dvc exp run -S clims_loss.weights.otm=")
+
+    # Applying the best weights: an experiment that reruns CLIMS and what follows it.
+    _run(["dvc", "exp", "run", "-n", "best-weights", *best["apply"].split()[3:]], root, env)
+    applied = yaml.safe_load((root / "params.yaml").read_text())["clims_loss"]
+    assert applied["weights"] == best["clims_loss"]["weights"] and applied["tau"] == best["clims_loss"]["tau"]
     rows = list(csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env))))
     by_name = {row["Experiment"] or row["rev"]: row for row in rows}
-    assert by_name["workspace"]["dataset.cooccurrence"] == "0.5"
-    assert by_name["less-context"]["dataset.cooccurrence"] == "0.5"
+    assert float(by_name["best-weights"]["clims_loss.tau"]) == best["clims_loss"]["tau"]
+    assert by_name["best-weights"]["metrics/segmentation.json:miou"] != ""
     baseline = [row for row in rows if row["typ"] == "baseline" and row["rev"] != "workspace"]
-    assert baseline[0]["dataset.cooccurrence"] == "0.85"  # the commit the experiment branched from
+    assert baseline[0]["clims_loss.tau"] == "auto"  # the commit the experiment branched from
+
+
+def _trial_runs(client, sweep: str):
+    experiment = client.get_experiment_by_name("clims")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], f"tags.`clims.sweep` = '{sweep}' and tags.`clims.trial` != 'parent'")

@@ -12,13 +12,16 @@ over classes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image
 
-from pipeline.cam.infer import cam_path, load_cam
-from pipeline.data.manifest import ImageRecord
+from pipeline.cam.data import load_image
+from pipeline.cam.infer import cam_path, load_cam, multiscale_maps, select_classes
+from pipeline.data.manifest import ImageRecord, same_shape_batches
 from pipeline.errors import UserError
 from pipeline.io import label_png_path, read_label
 from pipeline.metrics import confusion, iou, miou
@@ -147,9 +150,7 @@ def evaluate_cams(records: list[ImageRecord], cam_folder, dataset, sweep_cfg) ->
 def overlay(record: ImageRecord, cam_folder, key: str, threshold: float) -> np.ndarray:
     """The image, its ground truth, the CAM and the prediction at `threshold`, side by side (uint8 RGB)."""
     data = load_cam(cam_path(cam_folder, record.image_id))
-    pred = predict(data[key].astype(np.float32), data["class_ids"], np.asarray([threshold]))[0]
-    heat = (255 * data[key].astype(np.float32).max(0, initial=0)).astype(np.uint8)
-    return side_by_side(record, pred, np.repeat(heat[..., None], 3, -1))
+    return cam_overlay(record, {"high_res": data[key], "class_ids": data["class_ids"]}, threshold)
 
 
 def side_by_side(record: ImageRecord, pred: np.ndarray, *extra: np.ndarray) -> np.ndarray:
@@ -159,3 +160,52 @@ def side_by_side(record: ImageRecord, pred: np.ndarray, *extra: np.ndarray) -> n
     image = np.asarray(Image.open(record.image_path).convert("RGB"))
     blend = lambda label: (0.5 * image + 0.5 * colorize(label.astype(np.uint8))).astype(np.uint8)
     return np.concatenate([image, blend(read_label(record.label_path)), *extra, blend(pred)], axis=1)
+
+
+def score_net(net, records: list[ImageRecord], dataset, scales: list[float], ts: np.ndarray,
+              batch_size: int = 32) -> tuple[SweepTotals, dict[str, np.ndarray]]:
+    """A net's CAMs scored without files (a sweep trial's held images): the threshold sweep's
+    totals, and each image's CAM maps ('high_res', 'class_ids') for overlays."""
+    was_training = net.training
+    net.eval()  # batch norm must not learn from the scored images
+    device = next(net.parameters()).device
+    num_classes, contexts = len(dataset.class_names), context_ids(dataset)
+    totals, cams = None, {}
+    for batch in same_shape_batches(with_ground_truth(records), batch_size):
+        images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
+        maps = {k: v.float().cpu() for k, v in multiscale_maps(net, images, scales).items()}
+        for i, record in enumerate(batch):
+            cams[record.image_id] = select_classes({k: v[i] for k, v in maps.items()}, record.class_ids)
+        part = sweep(batch, lambda r: predict(cams[r.image_id]["high_res"].astype(np.float32), cams[r.image_id]["class_ids"], ts),
+                     len(ts), num_classes, contexts)
+        totals = part if totals is None else SweepTotals(totals.confusion + part.confusion, totals.leaked + part.leaked,
+                                                         totals.context + part.context)
+    net.train(was_training)
+    return totals, cams
+
+
+def cam_overlay(record: ImageRecord, cam: dict[str, np.ndarray], threshold: float) -> np.ndarray:
+    """The image, its ground truth, the CAM ('high_res') and the prediction at `threshold`."""
+    scores = cam["high_res"].astype(np.float32)
+    pred = predict(scores, cam["class_ids"], np.asarray([threshold]))[0]
+    heat = (255 * scores.max(0, initial=0)).astype(np.uint8)
+    return side_by_side(record, pred, np.repeat(heat[..., None], 3, -1))
+
+
+def held_out_scorer(records: list[ImageRecord], dataset, scales: list[float], ts: np.ndarray, overlays: int):
+    """An evaluate hook for pipeline.train_loop.Setup: the net's CAM mIoU (best threshold) and
+    context leak on `records`, and overlays of the first `overlays` of them as PNGs in
+    <folder>/overlays/."""
+    def evaluate(net, folder) -> dict:
+        totals, cams = score_net(net, records, dataset, scales, ts)
+        figures, _ = summarise(totals, ts, dataset.class_names, "cam_")
+        figures.pop("cam_per_class_iou")
+        shown = [r for r in records if r.image_id in cams][:overlays]
+        if shown:
+            (Path(folder) / "overlays").mkdir(parents=True, exist_ok=True)
+        for record in shown:
+            image = cam_overlay(record, cams[record.image_id], figures["cam_best_threshold"])
+            Image.fromarray(image).save(Path(folder) / "overlays" / f"{record.image_id}.png")
+        return figures
+
+    return evaluate

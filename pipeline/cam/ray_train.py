@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pipeline.cam.data import CamTrainSet
+from pipeline.cam.evaluate import held_out_scorer, thresholds
 from pipeline.cam.losses import ClimsLoss, LossWeights
 from pipeline.cam.nets import CamNet, build_backbone, build_cam_net
 from pipeline.cam.train import baseline_step, clims_step, make_optimizer
@@ -84,12 +85,20 @@ def class_prompt_mask(params: Params, background_names: list[str]) -> torch.Tens
 
 def cam_setup(params: Params, config: dict, device) -> Setup:
     """A baseline or CLIMS run on one worker. config: kind, manifest, and for CLIMS init_net,
-    clip_dir and tau."""
+    clip_dir and tau. A sweep trial also gives held_images (the manifest's last N, scored after
+    every epoch by params.sweep, never trained on) and train_images (the first N)."""
     kind = config["kind"]
     cfg = params.train_cam if kind == "baseline" else params.train_clims
     net, step = build_training(params, kind, device, config.get("init_net"), config.get("clip_dir"), config.get("tau"))
-    dataset = CamTrainSet(read_manifest(config["manifest"]), len(params.dataset.class_names), cfg.crop_size, tuple(cfg.long_side))
-    return Setup(net, step, make_optimizer(net, cfg), dataset, cfg)
+    records = read_manifest(config["manifest"])
+    split = len(records) - config.get("held_images", 0)
+    dataset = CamTrainSet(records[:split][: config.get("train_images")], len(params.dataset.class_names), cfg.crop_size,
+                          tuple(cfg.long_side))
+    evaluate = None
+    if split < len(records):
+        sweep, ts = params.sweep, thresholds(**params.eval_cam.thresholds.model_dump())
+        evaluate = held_out_scorer(records[split:], params.dataset, list(sweep.scales), ts, sweep.overlays)
+    return Setup(net, step, make_optimizer(net, cfg), dataset, cfg, evaluate)
 
 
 def train_worker(config: dict) -> None:

@@ -123,15 +123,15 @@ def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRu
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri(params.tracking.uri))
-    experiment_id = experiment_id(client, params.tracking.experiment)
+    experiment = experiment_id(client, params.tracking.experiment)
     commit = _git("rev-parse", "HEAD").strip()
     tags = {"git.commit": commit or "unknown", "dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace")}
     if _git("status", "--porcelain", "--untracked-files=no", "--", *RUN_DEFINING_PATHS, PARAMS_FILE).strip():
         tags["git.dirty"] = "true"
     dumped = params.model_dump()
-    parent = _parent_run_id(client, experiment_id, pipeline_key(), tags, dumped)
+    parent = _parent_run_id(client, experiment, pipeline_key(), tags, dumped)
     run = client.create_run(
-        experiment_id, run_name=stage, tags={"mlflow.parentRunId": parent, "clims.stage": stage, **tags}
+        experiment, run_name=stage, tags={"mlflow.parentRunId": parent, "clims.stage": stage, **tags}
     )
     log_params(client, run.info.run_id, {section: dumped[section] for section in sections})
     try:

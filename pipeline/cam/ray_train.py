@@ -106,7 +106,7 @@ def train_worker(config: dict) -> None:
 
 
 # --------------------------------------------------------------------------- the driver side
-TRAINING_CODE = ("cam/nets.py", "cam/data.py", "cam/losses.py", "cam/train.py", "cam/ray_train.py",
+TRAINING_CODE = ("cam/nets.py", "cam/data.py", "cam/losses.py", "cam/train.py", "cam/ray_train.py", "cam/evaluate.py",
                  "train_loop.py", "distributed.py", "params.py")
 
 

@@ -29,8 +29,10 @@ def init_ray(dashboard: bool = False) -> None:
     if not ray.is_initialized():
         for key, value in QUIET_RAY_TRAIN.items():  # inherited by a local cluster's processes
             os.environ.setdefault(key, value)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 log_to_driver=True, logging_level=logging.ERROR, logging_config=ray.LoggingConfig(log_level="ERROR"))
+        address = os.environ.get("RAY_ADDRESS")
+        local = {} if address else {"include_dashboard": dashboard, "dashboard_host": "127.0.0.1"}
+        ray.init(address=address, log_to_driver=True, logging_level=logging.ERROR,
+                 logging_config=ray.LoggingConfig(log_level="ERROR"), **local)
 
 
 def storage_path(configured: str) -> str:

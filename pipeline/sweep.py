@@ -180,6 +180,9 @@ def tune_callback(mlflow_trials: MlflowTrials):
     from ray.tune import Callback
 
     class Forward(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):  # the run's clock starts with the trial
+            mlflow_trials.trial_run(trial.trial_id, trial.config)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             mlflow_trials.result(trial.trial_id, trial.config, result)
 

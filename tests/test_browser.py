@@ -1,8 +1,9 @@
 """`clims ui` in a real browser: the MLflow UI, started by the command a user types, shows a
-sweep's runs in headless Chromium. Needs Debian's chromium (`apt-get install chromium`); run with
-`python -m pytest -m browser`. The screenshot is kept in test-artifacts/."""
+sweep's parent run and, expanded, its trial runs in headless Chromium (driven over the DevTools
+protocol with aiohttp, which Ray already brings). Needs Debian's chromium (`apt-get install
+chromium`); run with `python -m pytest -m browser`. The screenshot is kept in test-artifacts/."""
+import asyncio
 import os
-import re
 import shutil
 import signal
 import socket
@@ -31,13 +32,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _chromium(*args: str, profile: Path) -> str:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--window-size=1400,900", "--virtual-time-budget=20000"]
-    done = subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,900"]
+
+
+async def _show_sweep(debug_port: int, page: str, names: list[str], shot: Path) -> str:
+    """Drive Chromium over the DevTools protocol: open `page`, wait for the sweep's parent row,
+    expand it, wait until every name in `names` is on the page, screenshot; returns the page text."""
+    import base64
+    import itertools
+
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        for _ in range(50):  # Chromium takes a moment to open its DevTools port
+            try:
+                targets = await (await http.get(f"http://127.0.0.1:{debug_port}/json")).json()
+                break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.2)
+        target = next(t for t in targets if t["type"] == "page")
+        async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            ids = itertools.count(1)
+
+            async def call(method: str, **params):
+                request = next(ids)
+                await ws.send_json({"id": request, "method": method, "params": params})
+                async for message in ws:
+                    data = message.json()
+                    if data.get("id") == request:
+                        return data.get("result", {})
+
+            async def text() -> str:
+                result = await call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)
+                return result["result"].get("value", "")
+
+            async def wait_for(wanted: list[str]) -> str:
+                for _ in range(120):
+                    shown = await text()
+                    if all(name in shown for name in wanted):
+                        return shown
+                    await asyncio.sleep(0.5)
+                raise AssertionError(f"not on the page after 60 s: {[n for n in wanted if n not in shown]}")
+
+            await call("Page.navigate", url=page)
+            await wait_for(names[:1])
+            expand = "document.querySelectorAll('button[data-component-id*=runnamecellrenderer]').forEach(b => b.click())"
+            await call("Runtime.evaluate", expression=expand)
+            shown = await wait_for(names)
+            png = await call("Page.captureScreenshot", format="png")
+            shot.write_bytes(base64.b64decode(png["data"]))
+            return shown
 
 
 @pytest.mark.browser
@@ -75,14 +121,20 @@ def test_clims_ui_shows_the_sweep_runs_in_chromium(tmp_path, base_params):
         experiment = MlflowClient(uri).get_experiment_by_name("clims").experiment_id
         query = urllib.parse.quote("tags.`clims.sweep` = 'browser'")
         page = f"{url}/#/experiments/{experiment}/runs?searchFilter={query}"
-        dom = _chromium("--dump-dom", page, profile=tmp_path / "profile")
-        # The parent row (its trials are nested under it, collapsed) and the count of every run
-        # of the sweep: the parent and its four trials.
-        text = re.sub(r"<[^>]+>", "", dom)
-        assert "sweep-browser" in text and f"{1 + len(TRIALS)} matching runs" in text
+        debug_port = _free_port()
+        browser = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                                    f"--remote-debugging-port={debug_port}", "about:blank"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "mlflow_sweep.png"
-        _chromium(f"--screenshot={shot}", page, profile=tmp_path / "profile")
+        try:
+            names = ["sweep-browser", *(f"trial-{t}" for t in TRIALS)]
+            shown = asyncio.run(asyncio.wait_for(_show_sweep(debug_port, page, names, shot), 120))
+        finally:
+            browser.terminate()
+            browser.wait(timeout=30)
+        # The parent row, its four nested trial rows once expanded, and the count of them all.
+        assert f"{1 + len(TRIALS)} matching runs" in " ".join(shown.split())
         assert shot.stat().st_size > 10_000
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its workers

@@ -51,3 +51,19 @@ def test_a_trial_trains_clims_with_its_weights_for_the_sweep_epochs(base_params)
     assert apply_command({**config, "otm": 3.456789}) == (
         "dvc exp run -S clims_loss.weights.otm=3.457 -S clims_loss.weights.btm=12 -S clims_loss.weights.cbs=0.75 "
         "-S clims_loss.weights.reg=0.1 -S clims_loss.tau=0.35")
+
+
+def test_a_sweep_without_a_baseline_net_is_one_line_and_writes_nothing(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "sweep", "--num-samples", "2"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: artifacts/net_baseline: no baseline net yet; "
+                                   "run `dvc repro train_cam prepare_clip` first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -1,0 +1,84 @@
+"""Readers of the standard real-data layouts into manifest records (pipeline.data.manifest).
+
+PASCAL VOC 2012: <root> = VOCdevkit/VOC2012 with JPEGImages/<id>.jpg, the split lists
+ImageSets/Segmentation/<split>.txt (train_aug.txt comes with SegmentationClassAug), and the
+class masks SegmentationClass/<id>.png (train, val) or SegmentationClassAug/<id>.png (train_aug):
+palette PNGs, 0 background, 1..20 the classes, 255 object borders (ignored).
+COCO 2014: <root>/images/<split>/<id>.jpg and VOC-style masks <root>/masks/<split>/<id>.png
+(0 background, 1..80 the classes, 255 ignored), one per image.
+
+Image-level labels come from the masks. Images may be grayscale or CMYK JPEGs: the records keep
+their paths, and every reader of images converts to RGB. A mask whose size differs from its
+image's is reported by name rather than silently resized.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.data.manifest import ImageRecord
+from pipeline.errors import UserError
+
+IGNORE = 255
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+VOC_MASKS = {"train_aug": "SegmentationClassAug"}  # other splits: SegmentationClass
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable image ({exc})") from None
+
+
+def mask_record(image_id: str, image: Path, mask: Path, num_classes: int) -> ImageRecord:
+    """A record whose classes are the mask's labels; its sizes checked against the image's."""
+    if not image.is_file():
+        raise UserError(f"{image}: image missing (listed for {mask})")
+    if not mask.is_file():
+        raise UserError(f"{mask}: mask missing for {image}")
+    height, width = image_size(image)
+    try:
+        with Image.open(mask) as m:
+            labels = np.asarray(m)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{mask}: unreadable mask ({exc})") from None
+    if labels.ndim != 2:
+        raise UserError(f"{mask}: expected a one-channel (palette or grayscale) mask, got shape {labels.shape}")
+    if labels.shape != (height, width):
+        raise UserError(f"{mask}: mask is {labels.shape[1]}x{labels.shape[0]} but {image} is {width}x{height}")
+    present = [int(c) for c in np.unique(labels) if c not in (0, IGNORE)]
+    unknown = [c for c in present if c > num_classes]
+    if unknown:
+        raise UserError(f"{mask}: labels {unknown} beyond the {num_classes} classes")
+    return ImageRecord(image_id, image, mask, tuple(present), height, width)
+
+
+def voc_records(root: str | Path, split: str) -> list[ImageRecord]:
+    """Records of a VOC 2012 segmentation split (train, train_aug, val, ...)."""
+    root = Path(root)
+    if not (root / "JPEGImages").is_dir():
+        raise UserError(f"{root}: not a VOC 2012 root (no JPEGImages/; expected VOCdevkit/VOC2012)")
+    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not listing.is_file():
+        raise UserError(f"{listing}: split list missing")
+    masks = root / VOC_MASKS.get(split, "SegmentationClass")
+    if not masks.is_dir():
+        raise UserError(f"{masks}: mask folder missing (split {split} reads its masks there)")
+    ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    return [mask_record(i, root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png", len(VOC_CLASSES)) for i in ids]
+
+
+def coco_records(root: str | Path, split: str, num_classes: int = 80) -> list[ImageRecord]:
+    """Records of a COCO 2014 split (train2014, val2014) with VOC-style masks."""
+    root = Path(root)
+    masks = root / "masks" / split
+    if not masks.is_dir():
+        raise UserError(f"{masks}: mask folder missing (COCO needs VOC-style masks in masks/<split>/)")
+    images = root / "images" / split
+    return [mask_record(m.stem, images / f"{m.stem}.jpg", m, num_classes) for m in sorted(masks.glob("*.png"))]

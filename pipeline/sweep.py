@@ -24,6 +24,7 @@ import yaml
 from pipeline import layout, tracking
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import UserError
+from pipeline.io import atomic_path
 from pipeline.params import Params, SearchDimension
 from pipeline.tracking import repo_root
 
@@ -266,7 +267,8 @@ def run_sweep(params: Params) -> dict:
     if best is None:
         raise UserError(f"sweep {cfg.name}: no trial reported {METRIC}; see {folder / 'tune'}")
     report = best_report(params, best.config, best.metrics, len(results))
-    (folder / "best.yaml").write_text(yaml.safe_dump(report, sort_keys=False, width=1000))
+    with atomic_path(folder / "best.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(report, sort_keys=False, width=1000))
     return report
 
 

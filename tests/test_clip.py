@@ -169,17 +169,22 @@ def test_prepare_clip_with_pretrained_weights_writes_the_same_outputs(tmp_path, 
     assert not (tmp_path / "clip" / clip_model.WEIGHTS_FILE).exists()  # the weights stay where they are
 
 
-def test_missing_pretrained_weights_stop_the_stage_with_one_line(tmp_path, mlflow_uri):
+@pytest.mark.parametrize("group, weights, architecture", [
+    ("vit_b32", "ViT-B-32-openai.pt", "ViT-B-32-quickgelu"),
+    ("vit_b16", "ViT-B-16-openai.pt", "ViT-B-16-quickgelu"),
+    ("rn50x4", "RN50x4-openai.pt", "RN50x4-quickgelu"),
+])
+def test_missing_pretrained_weights_stop_the_stage_with_one_line(tmp_path, mlflow_uri, group, weights, architecture):
     import yaml
 
     from conftest import REPO, run_stage
     from pipeline.config import compose
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(compose(["clip=vit_b32"], conf_dir=REPO / "conf")))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(compose([f"clip={group}"], conf_dir=REPO / "conf")))
     result = run_stage("prepare_clip", tmp_path, mlflow_uri)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: weights/clip/ViT-B-32-openai.pt: CLIP weights file not found "
-        "(clip.weights: an open_clip checkpoint for ViT-B-32-quickgelu)"
+        f"error: weights/clip/{weights}: CLIP weights file not found "
+        f"(clip.weights: an open_clip checkpoint for {architecture})"
     )
     assert not (tmp_path / "artifacts").exists()

@@ -331,7 +331,6 @@ class EvalSeg(Section):
     overlays: Annotated[int, Field(ge=0, le=64)]
 
 
-# --------------------------------------------------------------------------- tracking
 # --------------------------------------------------------------------------- loss-weight sweeps
 class SearchDimension(Section):
     """One searched value: sampled from [low, high] (log-uniform if `log`), or one of `values`
@@ -393,6 +392,7 @@ class Sweep(Section):
         return self
 
 
+# --------------------------------------------------------------------------- tracking
 class Tracking(Section):
     uri: Optional[str]  # None: sqlite:///<repo>/mlflow.db, or $MLFLOW_TRACKING_URI when set
     experiment: str

@@ -175,3 +175,22 @@ def fit_final_state(train_fn: Callable[[dict], None], config: dict, dist, name: 
         raise result.error
     with result.checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def fit_on_label_maps(train_fn: Callable[[dict], None], params: Params, section: str, producer: str, manifest: Path,
+                      labels: Path, init_net: Path | None, code: tuple[str, ...], name: str | None = None, **extra) -> dict:
+    """The driver side of a net trained on one label map per image (IRN, segmentation): check
+    that `producer` left enough labelled images for a batch, name the run by everything it reads
+    (manifest, labels' source, initial net, `code` under pipeline/), fit; returns the final state.
+    The worker finds the labels at config["labels"]."""
+    from pipeline.data.manifest import records_with_labels
+    from pipeline.io import NET_WEIGHTS
+
+    cfg = getattr(params, section)
+    records_with_labels(manifest, labels, cfg.batch_size, section, producer)
+    config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
+              "labels": str(Path(labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}
+    package = Path(__file__).resolve().parent
+    inputs = [Path(manifest), Path(labels) / "source.json", *([Path(init_net) / NET_WEIGHTS] if init_net else []),
+              *(package / c for c in code)]
+    return fit_final_state(train_fn, config, params.distributed, name or run_name(section, config, inputs))

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
-from pipeline.cam.data import load_image
-from pipeline.cam.infer import cam_path, load_cam, multiscale_maps, select_classes
-from pipeline.data.manifest import ImageRecord, same_shape_batches
+from pipeline.cam.infer import cam_path, image_cams, load_cam
+from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
 from pipeline.io import label_png_path, read_label
 from pipeline.metrics import confusion, iou, miou
@@ -168,15 +166,12 @@ def score_net(net, records: list[ImageRecord], dataset, scales: list[float], ts:
     totals, and each image's CAM maps ('high_res', 'class_ids') for overlays."""
     was_training = net.training
     net.eval()  # batch norm must not learn from the scored images
-    device = next(net.parameters()).device
     num_classes, contexts = len(dataset.class_names), context_ids(dataset)
     totals, cams = None, {}
-    for batch in same_shape_batches(with_ground_truth(records), batch_size):
-        images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
-        maps = {k: v.float().cpu() for k, v in multiscale_maps(net, images, scales).items()}
-        for i, record in enumerate(batch):
-            cams[record.image_id] = select_classes({k: v[i] for k, v in maps.items()}, record.class_ids)
-        part = sweep(batch, lambda r: predict(cams[r.image_id]["high_res"].astype(np.float32), cams[r.image_id]["class_ids"], ts),
+    for batch in image_cams(net, with_ground_truth(records), scales, batch_size):
+        cams.update((record.image_id, arrays) for record, arrays in batch)
+        part = sweep([record for record, _ in batch],
+                     lambda r: predict(cams[r.image_id]["high_res"].astype(np.float32), cams[r.image_id]["class_ids"], ts),
                      len(ts), num_classes, contexts)
         totals = part if totals is None else SweepTotals(totals.confusion + part.confusion, totals.leaked + part.leaked,
                                                          totals.context + part.context)

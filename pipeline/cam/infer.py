@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -74,21 +75,29 @@ def load_cam(path: str | Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+def image_cams(net: CamNet, records: list[ImageRecord], scales: list[float], batch_size: int) -> Iterator[list[tuple]]:
+    """Per batch of same-shape images: (record, its CAM file's arrays) for each image of it."""
+    from pipeline.cam.data import load_image
+
+    device = next(net.parameters()).device
+    for batch in same_shape_batches(records, batch_size):
+        images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
+        maps = {k: v.float().cpu() for k, v in multiscale_maps(net, images, scales).items()}
+        yield [(r, select_classes({k: v[i] for k, v in maps.items()}, r.class_ids)) for i, r in enumerate(batch)]
+
+
 # --------------------------------------------------------------------------- the make_cam stage
 def cam_shard(records: list[ImageRecord], net_dir: str, out: str, scales: list[float], batch_size: int,
               use_gpu: bool = False) -> int:
     """Write the CAM file of every record not done yet; returns how many were written."""
-    from pipeline.cam.data import load_image
     from pipeline.cam.ray_train import load_net
 
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     net, _ = load_net(net_dir, device)
     todo = [r for r in records if not cam_path(out, r.image_id).is_file()]
-    for batch in same_shape_batches(todo, batch_size):
-        images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
-        maps = {k: v.float().cpu() for k, v in multiscale_maps(net, images, scales).items()}
-        for i, record in enumerate(batch):
-            save_cam(cam_path(out, record.image_id), select_classes({k: v[i] for k, v in maps.items()}, record.class_ids))
+    for batch in image_cams(net, todo, scales, batch_size):
+        for record, arrays in batch:
+            save_cam(cam_path(out, record.image_id), arrays)
     return len(todo)
 
 

@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from pipeline.cam.data import LabelMapTrainSet
 from pipeline.cam.infer import stride_size
 from pipeline.cam.ray_train import backbone_from
-from pipeline.data.manifest import read_manifest, records_with_labels
-from pipeline.io import NET_WEIGHTS
+from pipeline.data.manifest import read_manifest
 from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, path_affinities
 from pipeline.irn.net import BoundaryNet, save_boundary_net
 from pipeline.params import Params
-from pipeline.train_loop import Setup, fit_final_state, ray_worker, run_name
+from pipeline.train_loop import Setup, fit_on_label_maps, ray_worker
 
 
 class IrnTrainSet(LabelMapTrainSet):
@@ -44,7 +43,7 @@ def irn_setup(params: Params, config: dict, device) -> Setup:
     cfg = params.train_irn
     net = BoundaryNet(backbone_from(params, config["init_net"]), cfg.side_channels).to(device)
     optimizer = torch.optim.SGD(net.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    dataset = IrnTrainSet(read_manifest(config["manifest"]), config["ir_labels"], cfg.crop_size, tuple(cfg.long_side))
+    dataset = IrnTrainSet(read_manifest(config["manifest"]), config["labels"], cfg.crop_size, tuple(cfg.long_side))
     return Setup(net, partial(boundary_step, offsets=forward_offsets(cfg.radius)), optimizer, dataset, cfg)
 
 
@@ -59,14 +58,9 @@ def train_irn(params: Params, manifest: Path, ir_labels: Path, out: Path, init_n
               name: str | None = None, **extra) -> list[dict]:
     """Train the boundary net on Ray Train and export it into `out`; returns the per-epoch history."""
     cfg = params.train_irn
-    records_with_labels(manifest, ir_labels, cfg.batch_size, "train_irn", "make_ir_label")
-    config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
-              "ir_labels": str(Path(ir_labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}
-    package = Path(__file__).resolve().parents[1]
-    inputs = [Path(manifest), Path(ir_labels) / "source.json", *([Path(init_net) / NET_WEIGHTS] if init_net else []),
-              *(package / code for code in TRAINING_CODE)]
-    state = fit_final_state(irn_worker, config, params.distributed, name or run_name("train_irn", config, inputs))
-    net = BoundaryNet(backbone_from(params, config["init_net"]), cfg.side_channels)
+    state = fit_on_label_maps(irn_worker, params, "train_irn", "make_ir_label", manifest, ir_labels, init_net,
+                              TRAINING_CODE, name, **extra)
+    net = BoundaryNet(backbone_from(params, init_net), cfg.side_channels)
     net.load_state_dict(state["model"])
     save_boundary_net(out, net, params.backbone, cfg.side_channels, state["history"])
     return state["history"]

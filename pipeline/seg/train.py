@@ -11,12 +11,11 @@ import torch.nn.functional as F
 
 from pipeline.cam.data import LabelMapTrainSet
 from pipeline.cam.ray_train import backbone_from
-from pipeline.data.manifest import read_manifest, records_with_labels
-from pipeline.io import NET_WEIGHTS
+from pipeline.data.manifest import read_manifest
 from pipeline.metrics import IGNORE
 from pipeline.params import Params
 from pipeline.seg.net import build_seg_net, parameter_groups, save_seg_net
-from pipeline.train_loop import Setup, fit_final_state, ray_worker, run_name
+from pipeline.train_loop import Setup, fit_on_label_maps, ray_worker
 
 
 def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -55,14 +54,9 @@ def train_seg(params: Params, manifest: Path, labels: Path, out: Path, init_net:
               name: str | None = None, **extra) -> list[dict]:
     """Train DeepLabV3 on the pseudo labels on Ray Train and export it; returns the per-epoch history."""
     cfg = params.train_seg
-    records_with_labels(manifest, labels, cfg.batch_size, "train_seg", "make_sem_seg")
-    config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
-              "labels": str(Path(labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}
-    package = Path(__file__).resolve().parents[1]
-    inputs = [Path(manifest), Path(labels) / "source.json", *([Path(init_net) / NET_WEIGHTS] if init_net else []),
-              *(package / code for code in TRAINING_CODE)]
-    state = fit_final_state(seg_worker, config, params.distributed, name or run_name("train_seg", config, inputs))
-    net = build_seg_net(backbone_from(params, config["init_net"]), len(params.dataset.class_names) + 1,
+    state = fit_on_label_maps(seg_worker, params, "train_seg", "make_sem_seg", manifest, labels, init_net,
+                              TRAINING_CODE, name, **extra)
+    net = build_seg_net(backbone_from(params, init_net), len(params.dataset.class_names) + 1,
                         cfg.atrous_rates, cfg.head_width)
     net.load_state_dict(state["model"])
     head = {"rates": list(cfg.atrous_rates), "width": cfg.head_width}

@@ -10,11 +10,13 @@ from typing import Any, Callable, Sequence
 from pipeline.tracking import repo_root
 
 
-# The terminal shows the workers' own prints (per-epoch progress) once each, not Ray Train's
-# INFO logs, its print-to-logger tee (which doubled every line) or the placement-group
-# cleaner's warnings about the state API (served by the dashboard, which stages do not start).
-QUIET_RAY_TRAIN = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
-                   "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0"}
+# Ray Train settings the stages default to (the environment's own values win). The terminal
+# shows the workers' own prints (per-epoch progress) once each, not Ray Train's INFO logs, its
+# print-to-logger tee (which doubled every line) or the placement-group cleaner's warnings about
+# the state API (served by the dashboard, which stages do not start). The controller polls its
+# workers every 0.25 s instead of 2 s: a one-epoch fit on 2 CPUs took 13.0 s instead of 17.5 s.
+RAY_TRAIN_DEFAULTS = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+                      "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
 def init_ray(dashboard: bool = False) -> None:
@@ -27,7 +29,7 @@ def init_ray(dashboard: bool = False) -> None:
     import ray
 
     if not ray.is_initialized():
-        for key, value in QUIET_RAY_TRAIN.items():  # inherited by a local cluster's processes
+        for key, value in RAY_TRAIN_DEFAULTS.items():  # inherited by a local cluster's processes
             os.environ.setdefault(key, value)
         address = os.environ.get("RAY_ADDRESS")
         local = {} if address else {"include_dashboard": dashboard, "dashboard_host": "127.0.0.1"}

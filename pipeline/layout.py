@@ -8,6 +8,12 @@ PLOTS_DIR = Path("plots")
 CAM_NETS = ("baseline", "clims")
 
 
+# The manifests prepare_data writes: the training images (every net trains on them, and each gets
+# its CAMs, IR labels and pseudo labels), the part of them whose CAMs and pseudo labels are scored
+# (VOC: the 1464 of train inside train_aug; the synthetic world: all), and the segmentation val split.
+TRAIN, TRAIN_EVAL, VAL = "train", "train_eval", "val"
+
+
 def manifest_path(split: str, data_dir: Path = DATA_DIR) -> Path:
     return data_dir / f"{split}.parquet"
 

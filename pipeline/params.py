@@ -32,7 +32,24 @@ class ObjectClass(Section):
     context: str  # the background it usually sits on
 
 
-class SyntheticDataset(Section):
+class DatasetSection(Section):
+    """What every dataset has: classes (ids 1..C, in order), a prompt template, a preview."""
+
+    prompt_template: str
+    preview_count: Annotated[int, Field(ge=1, le=64)]
+
+    @model_validator(mode="after")
+    def _template(self):
+        if "{}" not in self.prompt_template:
+            raise ValueError("prompt_template needs a '{}' for the class name")
+        return self
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+
+class SyntheticDataset(DatasetSection):
     """The rendered world (pipeline.data.synthetic)."""
 
     name: Literal["synthetic"]
@@ -46,16 +63,12 @@ class SyntheticDataset(Section):
     distractor: Probability
     classes: list[ObjectClass] = Field(min_length=2)
     backgrounds: list[str] = Field(min_length=2)
-    prompt_template: str
     background_prompts: Optional[list[str]]  # None: the background kinds' names
-    preview_count: Annotated[int, Field(ge=1, le=64)]
 
     @model_validator(mode="after")
     def _consistent(self):
         if self.min_objects > self.max_objects:
             raise ValueError(f"min_objects ({self.min_objects}) is larger than max_objects ({self.max_objects})")
-        if "{}" not in self.prompt_template:
-            raise ValueError("prompt_template needs a '{}' for the class name")
         from pipeline.data.synthetic import WorldSpec
 
         WorldSpec(
@@ -67,15 +80,44 @@ class SyntheticDataset(Section):
         return self
 
     @property
-    def class_names(self) -> list[str]:
-        return [c.name for c in self.classes]
+    def prompt_names(self) -> list[str]:
+        return self.class_names
 
     @property
     def background_prompt_names(self) -> list[str]:
         return list(self.background_prompts or self.backgrounds)
 
 
-Dataset = SyntheticDataset
+class LabelledClass(Section):
+    name: str  # as the dataset calls it (reports, per-class IoU)
+    prompt: str  # as the CLIP prompts say it (the reference writes VOC's person as 'player')
+
+
+class RealDataset(DatasetSection):
+    """A dataset on disk in its standard layout (pipeline.data.real); nothing is downloaded.
+
+    Three manifests come from its splits: `train_split` trains every net and gets CAMs and pseudo
+    labels, `eval_split` (a subset of it) scores the CAMs and pseudo labels, `val_split` scores
+    the segmentation net."""
+
+    name: Literal["voc12", "coco14"]
+    root: str  # VOCdevkit/VOC2012, or the COCO folder with images/ and masks/; relative to the repository
+    train_split: str = Field(min_length=1)
+    eval_split: str = Field(min_length=1)
+    val_split: str = Field(min_length=1)
+    classes: list[LabelledClass] = Field(min_length=2)  # class ids 1..C of the masks, in order
+    background_prompts: list[str] = Field(min_length=1)
+
+    @property
+    def prompt_names(self) -> list[str]:
+        return [c.prompt for c in self.classes]
+
+    @property
+    def background_prompt_names(self) -> list[str]:
+        return list(self.background_prompts)
+
+
+Dataset = Annotated[Union[SyntheticDataset, RealDataset], Field(discriminator="name")]
 
 
 # --------------------------------------------------------------------------- clip
@@ -135,7 +177,7 @@ class PretrainedClip(Section):
     source: Literal["pretrained"]
     model_name: str  # an open_clip architecture, e.g. ViT-B-32
     weights: str  # path to the open_clip checkpoint file
-    eval_scenes: PositiveInt  # held-out renders for the zero-shot report (synthetic world only)
+    eval_scenes: PositiveInt  # zero-shot report: held-out renders, or the first images of dataset.eval_split
 
 
 Clip = Annotated[Union[TinyClip, PretrainedClip], Field(discriminator="source")]
@@ -428,6 +470,14 @@ class Params(Section):
             if getattr(self, section).features_from == "backbone" and not self.backbone.weights:
                 raise ValueError(f"{section}.features_from: 'backbone' needs backbone.weights (ImageNet weights); "
                                  "use a CAM net's (baseline or clims) otherwise")
+        if self.dataset.name != "synthetic":
+            if self.clip.source == "tiny" and self.clip.train.steps:
+                raise ValueError(f"clip.train.steps: the tiny CLIP learns from renders of the synthetic world; with dataset "
+                                 f"{self.dataset.name} use a pretrained clip group (vit_b32, vit_b16, rn50x4), or steps 0 "
+                                 "for a plumbing check (check=plumbing)")
+            if self.clims_loss.tau == "auto":
+                raise ValueError(f"clims_loss.tau: 'auto' reads the synthetic world's CLIP report; give dataset "
+                                 f"{self.dataset.name} a number (the reference: 0.26 on VOC, 0.285 on COCO)")
         backgrounds = self.clims_loss.class_backgrounds or {}
         for name, prompts in backgrounds.items():
             if name not in self.dataset.class_names:

@@ -199,16 +199,16 @@ def tune_callback(mlflow_trials: MlflowTrials):
 # --------------------------------------------------------------------------- the driver
 def check_inputs(params: Params) -> dict:
     """The files every trial reads; one line naming what is missing."""
-    needed = {"baseline net": layout.net_dir("baseline"), "CLIP": layout.CLIP_DIR, "train manifest": layout.manifest_path("train")}
+    needed = {"baseline net": layout.net_dir("baseline"), "CLIP": layout.CLIP_DIR, "train manifest": layout.manifest_path(layout.TRAIN)}
     for what, path in needed.items():
         if not path.exists():
             raise UserError(f"{path}: no {what} yet; run `dvc repro train_cam prepare_clip` first")
     cfg = params.sweep
-    count = len(read_manifest(layout.manifest_path("train")))
+    count = len(read_manifest(layout.manifest_path(layout.TRAIN)))
     if cfg.train_images + cfg.held_images > count:
         raise UserError(f"sweep.train_images + sweep.held_images = {cfg.train_images + cfg.held_images} is more than the "
                         f"{count} training images")
-    return {"manifest": str(layout.manifest_path("train").resolve()), "init_net": str(layout.net_dir("baseline").resolve()),
+    return {"manifest": str(layout.manifest_path(layout.TRAIN).resolve()), "init_net": str(layout.net_dir("baseline").resolve()),
             "clip_dir": str(layout.CLIP_DIR.resolve())}
 
 

@@ -186,7 +186,9 @@ def fit_on_label_maps(train_fn: Callable[[dict], None], params: Params, section:
     from pipeline.data.manifest import records_with_labels
     from pipeline.io import NET_WEIGHTS
 
-    cfg = getattr(params, section)
+    from pipeline.cam.nets import with_checked_weights
+
+    params, cfg = with_checked_weights(params), getattr(params, section)
     records_with_labels(manifest, labels, cfg.batch_size, section, producer)
     config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
               "labels": str(Path(labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}

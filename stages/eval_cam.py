@@ -9,7 +9,7 @@ from pipeline.stage import run_stage, stage_argument
 
 def main(params, kind: str):
     with tracking.stage_run(f"eval_cam_{kind}", params, sections=("eval_cam",)) as run:
-        records = read_manifest(layout.manifest_path("train"))
+        records = read_manifest(layout.manifest_path(layout.TRAIN_EVAL))
         metrics, curve = evaluate_cams(records, layout.cams_dir(kind), params.dataset, params.eval_cam.thresholds)
         write_json(layout.METRICS_DIR / f"cam_{kind}.json", metrics)
         write_curve(layout.PLOTS_DIR / f"cam_{kind}_thresholds.csv", curve)

@@ -17,7 +17,7 @@ def main(params):
     cfg = params.eval_seg
     with tracking.stage_run("eval_seg", params, sections=("eval_seg", "crf")) as run:
         net, _ = load_seg_net(layout.SEG_NET_DIR)
-        records = with_ground_truth(read_manifest(layout.manifest_path("val")))
+        records = with_ground_truth(read_manifest(layout.manifest_path(layout.VAL)))
         predictions = predict_labels(net, records, cfg.scales, cfg.batch_size, CrfConfig(**params.crf.model_dump()) if cfg.crf else None)
         names = params.dataset.class_names
         totals = sweep(records, lambda r: predictions[r.image_id][None], 1, len(names), context_ids(params.dataset))

@@ -11,7 +11,7 @@ from pipeline.stage import run_stage
 
 def main(params):
     with tracking.stage_run("eval_sem_seg", params, sections=("eval_sem_seg",)) as run:
-        records = read_manifest(layout.manifest_path("train"))
+        records = read_manifest(layout.manifest_path(layout.TRAIN_EVAL))
         metrics = evaluate_label_maps(records, layout.PSEUDO_LABELS_DIR, params.dataset)
         write_json(layout.METRICS_DIR / "pseudo_labels.json", metrics)
         cam_metrics = layout.METRICS_DIR / f"cam_{params.make_ir_label.cams}.json"

@@ -7,7 +7,7 @@ from pipeline.stage import run_stage, stage_argument
 
 def main(params, kind: str):
     with tracking.stage_run(f"make_cam_{kind}", params, sections=("make_cam", "distributed")) as run:
-        records = read_manifest(layout.manifest_path("train"))
+        records = read_manifest(layout.manifest_path(layout.TRAIN))
         written = make_cams(records, layout.net_dir(kind), layout.cams_dir(kind), params.make_cam, params.distributed)
         run.log_metrics({"images": len(records), "written": written})
         print(f"make_cam {kind}: {written} CAMs written, {len(records) - written} already there")

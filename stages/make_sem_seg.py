@@ -7,7 +7,7 @@ from pipeline.stage import run_stage
 
 def main(params):
     with tracking.stage_run("make_sem_seg", params, sections=("make_sem_seg", "crf", "distributed")) as run:
-        records = read_manifest(layout.manifest_path("train"))
+        records = read_manifest(layout.manifest_path(layout.TRAIN))
         cams = layout.cams_dir(params.make_ir_label.cams)
         written = make_sem_seg(records, layout.IRN_DIR, cams, layout.PSEUDO_LABELS_DIR, params.make_sem_seg, params.crf,
                                params.distributed)

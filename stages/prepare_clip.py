@@ -4,7 +4,9 @@ from pipeline.clip.prepare import prepare_clip
 from pipeline.io import atomic_dir, write_json
 from pipeline.stage import run_stage
 
-REPORTED = ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked", "context_margin", "hole_margin")
+# the synthetic world's report (pipeline.clip.probes.clip_report), then a real dataset's (dataset_report)
+REPORTED = ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked", "context_margin", "hole_margin",
+            "cos_present_mean", "cos_absent_mean", "cos_background_p50", "cos_background_p99")
 
 
 def main(params):
@@ -18,12 +20,15 @@ def main(params):
                 losses.clear()
 
         with atomic_dir(layout.CLIP_DIR) as out:
-            metrics = prepare_clip(params, out, log_loss=log_loss)
+            metrics = prepare_clip(params, out, previous=layout.CLIP_DIR, log_loss=log_loss)
         write_json(layout.METRICS_DIR / "clip.json", metrics)
         run.log_metrics(metrics)
-        print("tiny CLIP zero-shot report:" if params.clip.source == "tiny" else "CLIP zero-shot report:")
+        random = params.clip.source == "tiny" and not params.clip.train.steps
+        print(f"{'tiny CLIP' if params.clip.source == 'tiny' else 'CLIP'} zero-shot report"
+              f"{' (random weights: a plumbing check)' if random else ''}:")
         for key in REPORTED:
-            print(f"  {key:24s} {metrics[key]:.3f}")
+            if key in metrics:
+                print(f"  {key:24s} {metrics[key]:.3f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pipeline.stage import run_stage
 def main(params):
     with tracking.stage_run("train_cam", params, sections=("dataset", "backbone", "distributed", "train_cam")) as run:
         with atomic_dir(layout.net_dir("baseline")) as out:
-            history = train(params, "baseline", layout.manifest_path("train"), out)
+            history = train(params, "baseline", layout.manifest_path(layout.TRAIN), out)
         log_history(run, "train_cam", history)
 
 

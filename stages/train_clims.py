@@ -12,7 +12,7 @@ def main(params):
     with tracking.stage_run("train_clims", params, sections=sections) as run:
         tau, tau_figures = resolve_tau(params.clims_loss, layout.METRICS_DIR / "clip.json")
         with atomic_dir(layout.net_dir("clims")) as out:
-            history = train(params, "clims", layout.manifest_path("train"), out, init_net=layout.net_dir("baseline"),
+            history = train(params, "clims", layout.manifest_path(layout.TRAIN), out, init_net=layout.net_dir("baseline"),
                             clip_dir=layout.CLIP_DIR, tau=tau)
         log_history(run, "train_clims", history, extra={"tau": tau, **tau_figures})
 

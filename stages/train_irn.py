@@ -10,7 +10,7 @@ def main(params):
     source = params.train_irn.features_from
     with tracking.stage_run("train_irn", params, sections=("backbone", "distributed", "train_irn")) as run:
         with atomic_dir(layout.IRN_DIR) as out:
-            history = train_irn(params, layout.manifest_path("train"), layout.IR_LABELS_DIR, out,
+            history = train_irn(params, layout.manifest_path(layout.TRAIN), layout.IR_LABELS_DIR, out,
                                 init_net=None if source == "backbone" else layout.net_dir(source))
         log_history(run, "train_irn", history)
 

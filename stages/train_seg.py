@@ -10,7 +10,7 @@ def main(params):
     source = params.train_seg.features_from
     with tracking.stage_run("train_seg", params, sections=("backbone", "distributed", "train_seg")) as run:
         with atomic_dir(layout.SEG_NET_DIR) as out:
-            history = train_seg(params, layout.manifest_path("train"), layout.PSEUDO_LABELS_DIR, out,
+            history = train_seg(params, layout.manifest_path(layout.TRAIN), layout.PSEUDO_LABELS_DIR, out,
                                 init_net=None if source == "backbone" else layout.net_dir(source))
         log_history(run, "train_seg", history)
 

@@ -42,7 +42,11 @@ def ray_session():
     """One local Ray for every test that needs it (starting Ray costs seconds)."""
     import ray
 
+    from pipeline.distributed import RAY_TRAIN_DEFAULTS
+
     if not ray.is_initialized():
+        for key, value in RAY_TRAIN_DEFAULTS.items():  # as the stages run it
+            os.environ.setdefault(key, value)
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()

@@ -33,6 +33,20 @@ def test_missing_backbone_weights_is_one_clear_error(tmp_path):
         build_cam_net(cfg, 3)
 
 
+def test_wrong_backbone_weights_are_one_clear_error(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    for name in ("r18.pth", "notes.pth"):
+        cfg = Backbone(name="resnet50", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=str(tmp_path / name))
+        with pytest.raises(UserError) as error:
+            build_cam_net(cfg, 3)
+        message = str(error.value)
+        assert message.startswith(f"{tmp_path / name}: not a resnet50 state dict (backbone.weights: a torchvision resnet50 state dict; ")
+        assert "\n" not in message
+
+
 def test_single_scale_maps_are_the_relu_of_the_logits_and_their_mirror():
     net, images = _net(), torch.rand(2, 3, 64, 64)
     maps = multiscale_maps(net, images, [1.0])
@@ -150,12 +164,12 @@ def test_scoring_a_net_in_memory_equals_make_cam_then_the_sweep(tmp_path):
     ts = thresholds(0.05, 0.95, 0.05)
     from_files = sweep(records, cam_predictions(tmp_path / "cams", "high_res", ts), len(ts), 3)
     net.train()
-    in_memory, cams = score_net(net, records, SimpleNamespace(class_names=["a", "b", "c"]), [1.0, 0.5], ts, batch_size=3)
+    in_memory, cams = score_net(net, records, SimpleNamespace(name="voc12", class_names=["a", "b", "c"]), [1.0, 0.5], ts, batch_size=3)
     assert net.training, "the net goes back to training mode"
     np.testing.assert_array_equal(in_memory.confusion, from_files.confusion)
     assert sorted(cams) == [r.image_id for r in records]
 
-    dataset = SimpleNamespace(class_names=["a", "b", "c"])
+    dataset = SimpleNamespace(name="voc12", class_names=["a", "b", "c"])
     figures = held_out_scorer(records, dataset, [1.0, 0.5], ts, overlays=2)(net, tmp_path / "checkpoint")
     expected, _ = summarise(from_files, ts, ["a", "b", "c"], "cam_")
     assert figures["cam_miou"] == pytest.approx(expected["cam_miou"]) and "cam_per_class_iou" not in figures

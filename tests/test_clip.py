@@ -169,8 +169,7 @@ def test_prepare_clip_with_pretrained_weights_writes_the_same_outputs(tmp_path, 
     assert not (tmp_path / "clip" / clip_model.WEIGHTS_FILE).exists()  # the weights stay where they are
 
 
-@pytest.mark.parametrize("group, weights, architecture", [
-    ("vit_b32", "ViT-B-32-openai.pt", "ViT-B-32-quickgelu"),
+@pytest.mark.parametrize("group, weights, architecture", [  # vit_b32: tests/test_real_data.py, with dataset=voc12
     ("vit_b16", "ViT-B-16-openai.pt", "ViT-B-16-quickgelu"),
     ("rn50x4", "RN50x4-openai.pt", "RN50x4-quickgelu"),
 ])
@@ -188,3 +187,34 @@ def test_missing_pretrained_weights_stop_the_stage_with_one_line(tmp_path, mlflo
         f"(clip.weights: an open_clip checkpoint for {architecture})"
     )
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_a_rerun_takes_over_the_tiny_clip_only_when_its_renders_are_the_same(tmp_path, base_params):
+    """DVC reruns prepare_clip for any dataset change; the tiny CLIP is retrained only when what
+    it learns from changes (its settings, what the renders look like, its code)."""
+    import copy
+
+    from pipeline.clip.prepare import prepare_clip
+    from pipeline.params import validate
+
+    base_params["clip"]["architecture"] = {
+        "embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
+        "text": {"context_length": 16, "width": 16, "heads": 2, "layers": 1}}
+    base_params["clip"]["train"].update(steps=3, batch_size=8, pool_size=16, eval_scenes=10, warmup_steps=1)
+
+    def run(raw, out, previous=None):
+        steps = []
+        metrics = prepare_clip(validate(raw), tmp_path / out, previous and tmp_path / previous, log_loss=lambda s, _: steps.append(s))
+        return metrics, steps, torch.load(tmp_path / out / clip_model.WEIGHTS_FILE, weights_only=True)
+
+    first, trained, weights = run(base_params, "first")
+    split_only = copy.deepcopy(base_params)
+    split_only["dataset"].update(num_train=7, seed=3, cooccurrence=0.5)
+    again, retrained, same = run(split_only, "second", "first")
+    assert trained == [0, 1, 2] and retrained == []
+    assert again["train_seconds"] == first["train_seconds"]
+    assert all(torch.equal(weights[k], same[k]) for k in weights)
+    looks = copy.deepcopy(base_params)
+    looks["dataset"]["distractor"] = 0.5  # the renders change
+    _, retrained, _ = run(looks, "third", "first")
+    assert retrained == [0, 1, 2]

@@ -1,4 +1,5 @@
-"""dvc.yaml and the Hydra integration, driven by the real `dvc` command on a tiny world."""
+"""dvc.yaml and the Hydra integration, driven by the real `dvc` command on a tiny world: what each
+stage writes for the next, the sweep and its experiment, and the plumbing check on a miniature VOC."""
 import csv
 import io
 import json
@@ -10,11 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, run_stage
+from pipeline.data.manifest import read_manifest
+from miniature_data import voc_tree
 
 SMALL = {
     "dataset/synthetic.yaml": {"num_train": 8, "num_val": 4, "preview_count": 4},
@@ -83,9 +89,17 @@ def project(tmp_path_factory, mlflow_uri):
     return root, env
 
 
-def test_repro_then_metrics_then_experiment(project):
+@pytest.fixture(scope="module")
+def reproduced(project):
+    """The tiny project after one `dvc repro`. The tests below read what its stages wrote, in
+    file order, before the sweep and the experiments change the workspace."""
     root, env = project
     _run(["dvc", "repro"], root, env)
+    return root, env
+
+
+def test_repro_then_metrics_then_nothing_to_do(reproduced):
+    root, env = reproduced
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], root, env))
     metrics = next(iter(shown.values()))["data"]  # the workspace
     clip = metrics["metrics/clip.json"]["data"]
@@ -96,6 +110,130 @@ def test_repro_then_metrics_then_experiment(project):
     assert 0 < metrics["metrics/ir_labels.json"]["data"]["coverage"] <= 100
     assert "didn't change" in _run(["dvc", "repro"], root, env) or "up to date" in _run(["dvc", "status"], root, env)
 
+
+def test_prepare_data_writes_manifests_that_match_the_masks(reproduced):
+    root, _ = reproduced
+    for split, count in (("train", 8), ("train_eval", 8), ("val", 4)):
+        records = read_manifest(root / "data" / f"{split}.parquet")
+        assert len(records) == count
+        for r in records:
+            image = np.asarray(Image.open(r.image_path))
+            mask = np.asarray(Image.open(r.label_path))
+            background = np.asarray(Image.open(r.background_path))
+            assert image.shape == (r.height, r.width, 3) and mask.shape == background.shape == (r.height, r.width)
+            assert tuple(sorted(set(np.unique(mask).tolist()) - {0})) == r.class_ids
+    metrics = json.loads((root / "metrics" / "data.json").read_text())
+    assert metrics["train_images"] == metrics["train_eval_images"] == 8 and 0 < metrics["train_object_pixel_fraction"] < 0.5
+    assert Image.open(root / "data" / "preview.png").size[0] > 0
+    assert not list(root.glob("data/.*")), "a temporary folder was left behind"
+
+
+def test_prepare_clip_writes_a_clip_later_stages_can_load(reproduced):
+    from pipeline.clip.model import load_clip
+
+    root, _ = reproduced
+    clip, texts = load_clip(root / "artifacts" / "clip")
+    assert texts["class_names"] == ["boat", "train", "plane", "car", "cow", "bird"]
+    assert texts["class_embeddings"].shape == (6, 32) and texts["background_embeddings"].shape == (9, 32)
+    assert texts["class_prompts"][0] == "a photo of boat."
+    assert clip.encode_images(torch.rand(2, 3, 64, 64)).shape == (2, 32)
+    metrics = json.loads((root / "metrics" / "clip.json").read_text())
+    for key in ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked", "context_margin", "hole_margin"):
+        assert key in metrics and np.isfinite(metrics[key])
+
+
+def test_stage_runs_are_tracked_under_one_parent(reproduced):
+    root, env = reproduced
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("clims").experiment_id], order_by=["attributes.start_time DESC"])
+    parent = next(r for r in runs if r.info.run_name == "prepare_data").data.tags["mlflow.parentRunId"]  # dvc repro's
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
+    assert set(children) == {"prepare_data", "prepare_clip", "train_cam", "train_clims", "make_cam_baseline",
+                             "make_cam_clims", "eval_cam_baseline", "eval_cam_clims", "make_ir_label", "train_irn",
+                             "make_sem_seg", "eval_sem_seg", "train_seg", "eval_seg"}
+    assert "object_top1" in children["prepare_clip"].data.metrics
+    assert "train_object_pixel_fraction" in children["prepare_data"].data.metrics
+    assert "preview.png" in [a.path for a in client.list_artifacts(children["prepare_data"].info.run_id)]
+    assert client.list_artifacts(children["eval_sem_seg"].info.run_id, "overlays"), "no overlays logged"
+
+
+def test_cam_stages_chain_nets_cams_and_scores(reproduced):
+    from pipeline.cam.infer import load_cam
+    from pipeline.cam.ray_train import load_net
+
+    root, _ = reproduced
+    baseline, meta = load_net(root / "artifacts" / "net_baseline")
+    clims, clims_meta = load_net(root / "artifacts" / "net_clims")
+    assert meta["kind"] == "baseline" and clims_meta["kind"] == "clims" and clims.classifier.bias is not None
+    trained = json.loads((root / "metrics" / "train_clims.json").read_text())
+    clip = json.loads((root / "metrics" / "clip.json").read_text())
+    assert trained["tau"] == pytest.approx((clip["cos_object_vs_background_p99"] + clip["cos_context_together_mean"]) / 2)
+    assert {"otm", "btm", "cbs", "reg", "loss"} <= set(trained)
+    for record in read_manifest(root / "data" / "train.parquet"):
+        cam = load_cam(root / "artifacts" / "cams_clims" / f"{record.image_id}.npz")
+        assert cam["class_ids"].tolist() == list(record.class_ids) and cam["high_res"].shape[-2:] == (64, 64)
+    for net in ("baseline", "clims"):
+        scores = json.loads((root / "metrics" / f"cam_{net}.json").read_text())
+        assert 0 <= scores["miou"] <= 100 and 0.05 <= scores["best_threshold"] <= 0.95
+        assert {"context_leak", "mask_miou", "mask_miou_at_0.5", "per_class_iou"} <= set(scores)
+        curve = (root / "plots" / f"cam_{net}_thresholds.csv").read_text().splitlines()
+        assert curve[0].startswith("threshold,miou") and len(curve) == 1 + 19
+
+
+def test_irn_stages_chain_ir_labels_boundary_net_and_pseudo_labels(reproduced):
+    from pipeline.io import read_label
+    from pipeline.irn.net import load_boundary_net
+
+    root, _ = reproduced
+    for record in read_manifest(root / "data" / "train.parquet"):
+        ir_label = read_label(root / "artifacts" / "ir_labels" / f"{record.image_id}.png")
+        pseudo = read_label(root / "artifacts" / "pseudo_labels" / f"{record.image_id}.png")
+        assert ir_label.shape == pseudo.shape == (record.height, record.width)
+        assert set(np.unique(ir_label).tolist()) <= {0, 255, *record.class_ids}
+        assert set(np.unique(pseudo).tolist()) <= {0, *record.class_ids}
+    net, meta = load_boundary_net(root / "artifacts" / "net_irn")
+    assert len(meta["history"]) == 1 and {"bg_pos", "fg_pos", "neg", "loss"} <= set(meta["history"][0])
+    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 1, 16, 16)
+    quality = json.loads((root / "metrics" / "ir_labels.json").read_text())
+    assert 0 < quality["coverage"] <= 100 and 0 <= quality["miou"] <= 100
+    scores = json.loads((root / "metrics" / "pseudo_labels.json").read_text())
+    assert 0 <= scores["miou"] <= 100 and {"per_class_iou", "context_leak"} <= set(scores)
+    per_class = (root / "plots" / "pseudo_labels_per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,cam,pseudo_label" and per_class[1].startswith("background,")
+
+
+def test_segmentation_stages_train_on_pseudo_labels_and_score_val(reproduced):
+    from pipeline.seg.net import load_seg_net
+
+    root, _ = reproduced
+    net, meta = load_seg_net(root / "artifacts" / "net_seg")
+    assert len(meta["history"]) == 1 and meta["class_names"][0] == "boat"
+    assert net(torch.rand(1, 3, 64, 64))["out"].shape == (1, 7, 64, 64)
+    scores = json.loads((root / "metrics" / "segmentation.json").read_text())
+    assert scores["images"] == 4 and 0 <= scores["miou"] <= 100 and "per_class_iou" in scores
+    rows = (root / "plots" / "segmentation_confusion.csv").read_text().splitlines()
+    assert rows[0].startswith("actual,background,boat") and len(rows) == 8
+    pixels = sum(int(v) for row in rows[1:] for v in row.split(",")[1:])
+    assert pixels == 4 * 64 * 64  # every val pixel counted once
+    assert Image.open(root / "plots" / "segmentation_confusion.png").size[0] > 100
+
+
+def test_a_missing_net_is_one_clear_error(reproduced, tmp_path, mlflow_uri):
+    root, _ = reproduced
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(root / "data", tmp_path / "data")
+    result = run_stage("make_cam", tmp_path, mlflow_uri, "clims")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: artifacts/net_clims/net.json: no trained CAM net here (run its training stage first)"
+    assert not (tmp_path / "artifacts").exists()
+    result = run_stage("make_sem_seg", tmp_path, mlflow_uri)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: artifacts/net_irn/net.json: no trained IRN here (run train_irn first)"
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_a_sweep_resumes_and_its_best_weights_run_as_an_experiment(reproduced):
+    root, env = reproduced
     # A sweep over the loss weights, interrupted once its first trial has finished, then run again.
     sweep = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sweep", "--num-samples", "4"], cwd=root, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -133,6 +271,34 @@ def test_repro_then_metrics_then_experiment(project):
     assert by_name["best-weights"]["metrics/segmentation.json:miou"] != ""
     baseline = [row for row in rows if row["typ"] == "baseline" and row["rev"] != "workspace"]
     assert baseline[0]["clims_loss.tau"] == "auto"  # the commit the experiment branched from
+
+
+def test_plumbing_check_on_a_miniature_voc_tree(project, tmp_path):
+    """The whole pipeline on a miniature VOCdevkit through the real `dvc exp run`, with a randomly
+    initialised tiny CLIP (check=plumbing): the files fit together; the figures mean nothing."""
+    root, env = project
+    voc, classes = voc_tree(tmp_path)
+    _run(["dvc", "exp", "run", "-n", "voc-plumbing", "-S", "dataset=voc12", "-S", f"dataset.root={voc}",
+          "-S", "check=plumbing"], root, env)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert (params["dataset"]["name"], params["clip"]["source"], params["clip"]["train"]["steps"]) == ("voc12", "tiny", 0)
+    metrics = lambda name: json.loads((root / "metrics" / f"{name}.json").read_text())  # noqa: E731
+    assert {k: metrics("data")[f"{k}_images"] for k in ("train", "train_eval", "val")} == {"train": 12, "train_eval": 4, "val": 2}
+    assert {r.image_id: list(r.class_ids) for r in read_manifest(root / "data/train.parquet")} == \
+        {i: sorted(set(c)) for i, c in classes.items()}
+    assert metrics("clip")["eval_images"] == 4
+    scored = set().union(*(classes[i] for i in list(classes)[:4]))
+    for name in ("cam_baseline", "cam_clims", "pseudo_labels"):
+        figures = metrics(name)
+        assert figures["images"] == 4 and 0 <= figures["miou"] <= 100 and "context_leak" not in figures
+        names = ["background", *(c["name"] for c in params["dataset"]["classes"])]
+        assert set(figures["per_class_iou"]) == set(names)  # VOC's 21, scored where the 4 images show them:
+        assert {n for n, v in figures["per_class_iou"].items() if v == v} == {names[0]} | {names[c] for c in scored}
+    assert metrics("ir_labels")["images"] == 4
+    assert metrics("segmentation")["images"] == 2
+    assert len(list((root / "artifacts/pseudo_labels").glob("*.png"))) == 12  # every training image
+    rows = list(csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env))))
+    assert any(row["Experiment"] == "voc-plumbing" and row["dataset.name"] == "voc12" for row in rows)
 
 
 def _trial_runs(client, sweep: str):

@@ -128,3 +128,29 @@ def test_camera_ready_without_class_prompts_is_refused(base_params):
     raw = copy.deepcopy(base_params)
     raw["clims_loss"]["variant"] = "camera_ready"
     assert "class_backgrounds: the camera_ready variant needs" in _error(raw)
+
+
+def test_real_dataset_groups_carry_the_reference_settings():
+    voc = validate(compose(["dataset=voc12"], conf_dir=REPO / "conf"))
+    assert (voc.clip.model_name, voc.backbone.name, voc.backbone.weights) == ("ViT-B-32-quickgelu", "resnet50", "weights/resnet50-imagenet.pth")
+    assert (voc.dataset.train_split, voc.dataset.eval_split, voc.dataset.val_split) == ("train_aug", "train", "val")
+    assert voc.dataset.prompt_names[14] == "player" and voc.dataset.class_names[14] == "person"
+    assert len(voc.dataset.background_prompt_names) == 10 and "railroad" in voc.dataset.background_prompt_names
+    assert (voc.train_cam.epochs, voc.train_cam.crop_size, voc.train_clims.epochs, voc.train_clims.lr) == (5, 512, 15, 2.5e-4)
+    assert (voc.clims_loss.tau, voc.clims_loss.score, voc.clims_loss.weights.btm) == (0.26, "cosine", 24.0)
+    assert (voc.make_sem_seg.exp_times, voc.train_irn.features_from, voc.train_seg.loss) == (8, "backbone", "balanced")
+    coco = validate(compose(["dataset=coco14", "clip=rn50x4"], conf_dir=REPO / "conf"))
+    assert len(coco.dataset.classes) == 80 and len(coco.dataset.background_prompt_names) == 88
+    assert coco.dataset.prompt_names[0] == "player" and coco.clip.model_name == "RN50x4-quickgelu"
+    assert (coco.clims_loss.tau, coco.clims_loss.weights.otm, coco.train_clims.epochs, coco.train_clims.crop_size) == (0.285, 2.0, 8, 512)
+    plumbing = validate(compose(["dataset=voc12", "check=plumbing"], conf_dir=REPO / "conf"))
+    assert (plumbing.clip.source, plumbing.clip.train.steps, plumbing.backbone.name, plumbing.distributed.use_gpu) == ("tiny", 0, "small_resnet", False)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["clip=tiny"], "clip.train.steps: the tiny CLIP learns from renders of the synthetic world; with dataset voc12 use a pretrained"),
+    (["clims_loss.tau=auto"], "clims_loss.tau: 'auto' reads the synthetic world's CLIP report; give dataset voc12 a number"),
+    (["dataset.classes=[]"], "dataset.classes: List should have at least 2 items"),
+])
+def test_real_dataset_refuses_what_only_the_synthetic_world_has(overrides, message):
+    assert message in _error(compose(["dataset=voc12", *overrides], conf_dir=REPO / "conf"))

@@ -1,61 +1,16 @@
 """The VOC 2012 and COCO 2014 readers on miniature trees in the standard layouts."""
-import numpy as np
 import pytest
 from PIL import Image
 
+from miniature_data import MODES, scene, voc_tree
 from pipeline.cam.data import load_image
 from pipeline.data.real import VOC_CLASSES, coco_records, voc_records
 from pipeline.errors import UserError
 
-MODES = ["RGB", "RGB", "L", "CMYK"]  # grayscale and CMYK JPEGs among them, as in VOC and COCO
-
-
-def _voc_palette() -> list[int]:
-    """VOC's colour map (bit-interleaved), as its PNG masks carry it."""
-    palette = []
-    for label in range(256):
-        r = g = b = 0
-        c = label
-        for shift in range(7, -1, -1):
-            r, g, b = r | ((c >> 0) & 1) << shift, g | ((c >> 1) & 1) << shift, b | ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-def _scene(image_path, mask_path, classes, size=(40, 48), mask_size=None, mode="RGB"):
-    """An image and its palette mask: one block per class, each with a 255 border."""
-    height, width = size
-    rng = np.random.default_rng(len(classes) + width)
-    pixels = (rng.random((height, width, 3)) * 255).astype(np.uint8)
-    Image.fromarray(pixels).convert(mode).save(image_path, "JPEG")
-    label = np.zeros(mask_size or size, np.uint8)
-    for i, c in enumerate(classes):
-        top, left = 4 + 10 * i, 4 + 8 * i
-        label[top - 1 : top + 9, left - 1 : left + 9] = 255
-        label[top : top + 8, left : left + 8] = c
-    mask = Image.fromarray(label, mode="P")
-    mask.putpalette(_voc_palette())
-    mask.save(mask_path)
-
 
 @pytest.fixture
 def voc_root(tmp_path):
-    root = tmp_path / "VOCdevkit" / "VOC2012"
-    for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
-        (root / folder).mkdir(parents=True)
-    classes = {f"2007_{i:06d}": [1 + (i * 7) % 20, 1 + (i * 3) % 20][: 1 + i % 2] for i in range(12)}
-    for i, (image_id, ids) in enumerate(classes.items()):
-        _scene(root / "JPEGImages" / f"{image_id}.jpg", root / "SegmentationClassAug" / f"{image_id}.png", ids,
-               mode=MODES[i % len(MODES)])
-        if i < 6:  # the official masks cover the train/val part
-            _scene(root / "JPEGImages" / f"{image_id}.jpg", root / "SegmentationClass" / f"{image_id}.png", ids,
-                   mode=MODES[i % len(MODES)])
-    ids = list(classes)
-    (root / "ImageSets/Segmentation/train_aug.txt").write_text("\n".join(ids) + "\n")
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:4]) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids[4:6]) + "\n")
-    return root, classes
+    return voc_tree(tmp_path)
 
 
 def test_voc_splits_read_with_labels_from_the_masks(voc_root):
@@ -81,7 +36,7 @@ def test_grayscale_and_cmyk_jpegs_load_as_rgb(voc_root):
 
 def test_a_mask_of_another_size_is_reported_by_name(voc_root):
     root, _ = voc_root
-    _scene(root / "JPEGImages" / "2008_000001.jpg", root / "SegmentationClass" / "2008_000001.png", [3],
+    scene(root / "JPEGImages" / "2008_000001.jpg", root / "SegmentationClass" / "2008_000001.png", [3],
            mask_size=(40, 50))
     (root / "ImageSets/Segmentation/train.txt").write_text("2007_000000\n2008_000001\n")
     with pytest.raises(UserError) as error:
@@ -105,9 +60,86 @@ def test_coco_reads_voc_style_masks_with_80_classes(tmp_path):
         (tmp_path / folder).mkdir(parents=True)
     wanted = {"COCO_train2014_000000000009": [1, 80], "COCO_train2014_000000000025": [25], "COCO_train2014_000000000030": []}
     for i, (image_id, ids) in enumerate(wanted.items()):
-        _scene(tmp_path / "images/train2014" / f"{image_id}.jpg", tmp_path / "masks/train2014" / f"{image_id}.png", ids,
+        scene(tmp_path / "images/train2014" / f"{image_id}.jpg", tmp_path / "masks/train2014" / f"{image_id}.png", ids,
                mode=MODES[i + 1])
     records = coco_records(tmp_path, "train2014")
     assert {r.image_id: list(r.class_ids) for r in records} == wanted
     with pytest.raises(UserError, match=r"masks/val2014: mask folder missing"):
         coco_records(tmp_path, "val2014")
+
+
+def _voc_params(workdir, root, *overrides):
+    import yaml
+
+    from conftest import REPO
+    from pipeline.config import compose
+
+    workdir.mkdir()
+    raw = compose(["dataset=voc12", f"dataset.root={root}", *overrides], conf_dir=REPO / "conf")
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("root", "{root}: not a VOC 2012 root (no JPEGImages/; expected VOCdevkit/VOC2012)"),
+    ("SegmentationClassAug", "{root}/SegmentationClassAug: mask folder missing (split train_aug reads its masks there)"),
+])
+def test_prepare_data_on_a_broken_voc_tree_is_one_line_and_writes_nothing(tmp_path, mlflow_uri, damage, message):
+    import shutil
+
+    from conftest import run_stage
+
+    root, _ = voc_tree(tmp_path / "voc")
+    shutil.rmtree(root if damage == "root" else root / damage)
+    _voc_params(tmp_path / "work", root, "check=plumbing")
+    result = run_stage("prepare_data", tmp_path / "work", mlflow_uri)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: " + message.format(root=root)
+    assert not (tmp_path / "work" / "data").exists() and not (tmp_path / "work" / "metrics").exists()
+
+
+def test_voc_with_the_reference_clip_names_the_missing_weights_file(tmp_path, mlflow_uri):
+    from conftest import run_stage
+
+    root, _ = voc_tree(tmp_path / "voc")
+    _voc_params(tmp_path / "work", root)
+    result = run_stage("prepare_clip", tmp_path / "work", mlflow_uri)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: weights/clip/ViT-B-32-openai.pt: CLIP weights file not found "
+        "(clip.weights: an open_clip checkpoint for ViT-B-32-quickgelu)")
+    assert not (tmp_path / "work" / "artifacts").exists()
+
+
+def test_prepare_data_lists_a_voc_tree_into_three_manifests(tmp_path):
+    from pipeline.config import compose
+    from pipeline.data.manifest import read_manifest
+    from pipeline.data.prepare import prepare_splits
+    from pipeline.params import validate
+
+    from conftest import REPO
+
+    root, classes = voc_tree(tmp_path / "voc")
+    params = validate(compose(["dataset=voc12", f"dataset.root={root}", "check=plumbing"], conf_dir=REPO / "conf"))
+    (tmp_path / "data").mkdir()  # the stage's atomic folder
+    metrics = prepare_splits(params.dataset, tmp_path / "data", tmp_path / "data")
+    assert {k: metrics[f"{k}_images"] for k in ("train", "train_eval", "val")} == {"train": 12, "train_eval": 4, "val": 2}
+    train, scored = read_manifest(tmp_path / "data/train.parquet"), read_manifest(tmp_path / "data/train_eval.parquet")
+    assert {r.image_id: list(r.class_ids) for r in train} == {i: sorted(set(c)) for i, c in classes.items()}
+    assert [r.label_path.parent.name for r in scored] == ["SegmentationClass"] * 4  # the official masks score
+    assert [r.image_path for r in scored] == [root / "JPEGImages" / f"{i}.jpg" for i in list(classes)[:4]]
+    assert Image.open(tmp_path / "data/preview.png").size == (2 * 2 * 128, 4 * 128)  # 8 images, image | mask
+    assert params.dataset.prompt_names[14] == "player" and params.dataset.class_names == list(VOC_CLASSES)
+
+
+def test_evaluated_images_must_be_training_images(tmp_path):
+    from pipeline.config import compose
+    from pipeline.data.real import read_splits
+    from pipeline.params import validate
+
+    from conftest import REPO
+
+    root, _ = voc_tree(tmp_path / "voc")
+    params = validate(compose(["dataset=voc12", f"dataset.root={root}", "check=plumbing", "dataset.eval_split=val",
+                               "dataset.train_split=train"], conf_dir=REPO / "conf"))
+    with pytest.raises(UserError, match=r"^dataset.eval_split: 2 images of val are not in train \(first: 2007_000004\)"):
+        read_splits(params.dataset)

@@ -106,9 +106,10 @@ def summarise(totals: SweepTotals, ts: np.ndarray, class_names: list[str], prefi
 
 def context_ids(dataset) -> list[int] | None:
     """Background id of each class's context in the synthetic world (None elsewhere)."""
-    contexts = [c.context for c in getattr(dataset, "classes", [])]
-    backgrounds = list(getattr(dataset, "backgrounds", []))
-    return [backgrounds.index(c) for c in contexts] if contexts and all(c in backgrounds for c in contexts) else None
+    if dataset.name != "synthetic":
+        return None
+    contexts, backgrounds = [c.context for c in dataset.classes], list(dataset.backgrounds)
+    return [backgrounds.index(c) for c in contexts] if all(c in backgrounds for c in contexts) else None
 
 
 def with_ground_truth(records: list[ImageRecord]) -> list[ImageRecord]:

@@ -68,17 +68,38 @@ def _restride(layer: nn.Sequential, stride: int) -> None:
         block.downsample[0].stride = (stride, stride)
 
 
+def load_imagenet_weights(net: nn.Module, name: str, path: Path) -> None:
+    """A torchvision `name` state dict from `path` into `net`; a missing or wrong file is one line."""
+    expected = f"backbone.weights: a torchvision {name} state dict"
+    if not path.is_file():
+        raise UserError(f"{path}: backbone weights file not found ({expected})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, _ = net.load_state_dict(state, strict=False)
+    except Exception as exc:  # not a state dict, or tensors of other shapes
+        reason = " ".join(str(exc).split())[:200]
+        raise UserError(f"{path}: not a {name} state dict ({expected}; {type(exc).__name__}: {reason})") from None
+    if [k for k in missing if not k.startswith("fc.")]:
+        raise UserError(f"{path}: not a {name} state dict ({expected}; missing {missing[:3]} ...)")
+
+
+def with_checked_weights(params):
+    """`params` with backbone.weights made absolute and loaded once here, in the stage's process:
+    Ray workers may start in other folders, and a missing or wrong file is then one line before
+    any of them starts."""
+    cfg = params.backbone
+    if not cfg.weights:
+        return params
+    path = Path(cfg.weights).expanduser().resolve()
+    load_imagenet_weights(getattr(torchvision.models, cfg.name)(weights=None), cfg.name, path)
+    return params.model_copy(update={"backbone": cfg.model_copy(update={"weights": str(path)})})
+
+
 def torchvision_resnet(name: str, strides: list[int], weights: str | None) -> Backbone:
     """A torchvision ResNet with the given stage strides; ImageNet weights from a local file."""
     net = getattr(torchvision.models, name)(weights=None)
     if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise UserError(f"{path}: backbone weights file not found (backbone.weights: a torchvision {name} state dict)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, _ = net.load_state_dict(state, strict=False)
-        if [k for k in missing if not k.startswith("fc.")]:
-            raise UserError(f"{path}: not a {name} state dict (missing {missing[:3]} ...)")
+        load_imagenet_weights(net, name, Path(weights))
     net.conv1.stride = (strides[0], strides[0])
     for layer, stride in zip((net.layer2, net.layer3, net.layer4), strides[1:]):
         _restride(layer, stride)

@@ -13,7 +13,7 @@ import torch
 from pipeline.cam.data import CamTrainSet
 from pipeline.cam.evaluate import held_out_scorer, thresholds
 from pipeline.cam.losses import ClimsLoss, LossWeights
-from pipeline.cam.nets import CamNet, build_backbone, build_cam_net
+from pipeline.cam.nets import CamNet, build_backbone, build_cam_net, with_checked_weights
 from pipeline.cam.train import baseline_step, clims_step, make_optimizer
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import UserError
@@ -122,7 +122,7 @@ def _inputs(config: dict) -> list[Path]:
 def train(params: Params, kind: str, manifest: Path, out: Path, *, init_net: Path | None = None,
           clip_dir: Path | None = None, tau: float | None = None, name: str | None = None, **extra) -> list[dict]:
     """Train on Ray Train, export the final net into `out`; returns the per-epoch history."""
-    cfg = params.train_cam if kind == "baseline" else params.train_clims
+    params, cfg = with_checked_weights(params), params.train_cam if kind == "baseline" else params.train_clims
     labelled = sum(1 for r in read_manifest(manifest) if r.class_ids)
     if labelled < cfg.batch_size:
         section = "train_cam" if kind == "baseline" else "train_clims"

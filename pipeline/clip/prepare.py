@@ -2,58 +2,93 @@
 text embeddings of every prompt later stages need, and report how good a supervisor it is."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from pipeline.clip import model as clip_model
-from pipeline.clip.probes import clip_report
+from pipeline.clip import train as clip_train
+from pipeline.clip import views as clip_views
+from pipeline.clip.probes import clip_report, dataset_report
 from pipeline.clip.train import train_tiny_clip
 from pipeline.clip.views import BACKGROUND_FRAMES, render_pool
 from pipeline.data.prepare import world_spec
+from pipeline.data import synthetic
+from pipeline.data.real import split_records
+from pipeline.io import file_digest
 from pipeline.params import Params
+
+TRAINING_CODE = (clip_model, clip_train, clip_views, synthetic)  # a change retrains the tiny CLIP
 
 
 def prompts(template: str, names: list[str]) -> list[str]:
     return [template.format(name) for name in names]
 
 
-def prepare_clip(params: Params, out: Path, log_loss=None) -> dict[str, float]:
-    """Write the CLIP folder `out`; returns the figures for metrics/clip.json."""
+def _trained_before(previous: Path | None, trained_from: dict) -> tuple[dict, dict] | None:
+    """(state dict, training figures) of the tiny CLIP in `previous` if it was trained from the
+    same `trained_from` (settings and training code), else None."""
+    meta_path = previous / clip_model.META_FILE if previous else None
+    if not meta_path or not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("trained_from") != trained_from or not (previous / clip_model.WEIGHTS_FILE).is_file():
+        return None
+    return torch.load(previous / clip_model.WEIGHTS_FILE, map_location="cpu", weights_only=True), meta["training"]
+
+
+def _tiny_clip(params: Params, previous: Path | None, log_loss) -> tuple[torch.nn.Module, dict]:
+    """The tiny CLIP and its clip.json entries. It learns from renders of the synthetic world
+    (steps 0 keeps its random initialisation: a plumbing check on any dataset). DVC reruns
+    prepare_clip for any change of the dataset section, but the CLIP depends only on what its
+    renders look like and say, not on the data split's seed, counts or co-occurrence: a CLIP
+    trained from the same settings is taken over from the `previous` folder."""
+    cfg = params.clip
+    torch.manual_seed(cfg.train.seed)
+    model = clip_model.build_tiny(cfg.model_name, cfg.architecture)
+    meta = {"source": "tiny", "model_name": cfg.model_name, "weights": clip_model.WEIGHTS_FILE,
+            "open_clip_config": clip_model.tiny_open_clip_config(cfg.architecture)}
+    if not cfg.train.steps:
+        return model, meta
+    spec = world_spec(params.dataset, cfg.train.cooccurrence)
+    world_prompts = prompts(params.dataset.prompt_template, list(spec.classes) + list(spec.backgrounds))
+    trained_from = {"clip": cfg.model_dump(mode="json"), "world": dataclasses.asdict(spec), "prompts": world_prompts,
+                    "code": {Path(m.__file__).name: file_digest(m.__file__) for m in TRAINING_CODE}}
+    meta["trained_from"] = json.loads(json.dumps(trained_from))  # as clip.json will read back (tuples as lists)
+    before = _trained_before(previous, meta["trained_from"])
+    if before:
+        model.load_state_dict(before[0])
+        meta["training"] = before[1]
+        print(f"tiny CLIP: trained from the same settings before; taken over from {previous}")
+        return model, meta
+    pool = render_pool(spec, cfg.train.pool_size, cfg.train.seed, "clip", frames=BACKGROUND_FRAMES)
+    start = time.perf_counter()
+    losses = train_tiny_clip(clip_model.wrap(model, cfg.model_name), pool, world_prompts, cfg.train, on_step=log_loss)
+    meta["training"] = {"seconds": time.perf_counter() - start, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+    return model, meta
+
+
+def prepare_clip(params: Params, out: Path, previous: Path | None = None, log_loss=None) -> dict[str, float]:
+    """Write the CLIP folder `out` (`previous`: this stage's last folder); returns the figures for
+    metrics/clip.json."""
     dataset, cfg = params.dataset, params.clip
     template = dataset.prompt_template
-    spec = world_spec(dataset, cfg.train.cooccurrence if cfg.source == "tiny" else None)
-    world_prompts = prompts(template, list(spec.classes) + list(spec.backgrounds))
-    metrics: dict[str, float] = {}
-    state_dict = None
     if cfg.source == "tiny":
-        torch.manual_seed(cfg.train.seed)
-        model = clip_model.build_tiny(cfg.model_name, cfg.architecture)
-        clip = clip_model.wrap(model, cfg.model_name)
-        pool = render_pool(spec, cfg.train.pool_size, cfg.train.seed, "clip", frames=BACKGROUND_FRAMES)
-        start = time.perf_counter()
-        losses = train_tiny_clip(clip, pool, world_prompts, cfg.train, on_step=log_loss)
-        metrics["train_seconds"] = time.perf_counter() - start
-        metrics["train_final_loss"] = sum(losses[-20:]) / max(1, len(losses[-20:]))
-        state_dict = model.state_dict()
-        meta = {
-            "source": "tiny",
-            "model_name": cfg.model_name,
-            "open_clip_config": clip_model.tiny_open_clip_config(cfg.architecture),
-            "weights": clip_model.WEIGHTS_FILE,
-        }
-        eval_scenes, seed = cfg.train.eval_scenes, cfg.train.seed
+        model, meta = _tiny_clip(params, previous, log_loss)
+        state_dict, eval_count, seed = model.state_dict(), cfg.train.eval_scenes, cfg.train.seed
     else:
         model = clip_model.load_pretrained(cfg.model_name, cfg.weights)
-        clip = clip_model.wrap(model, cfg.model_name)
         meta = {"source": "pretrained", "model_name": cfg.model_name, "weights": str(Path(cfg.weights).resolve())}
-        eval_scenes, seed = cfg.eval_scenes, 0
+        state_dict, eval_count, seed = None, cfg.eval_scenes, 0
+    clip = clip_model.wrap(model, cfg.model_name)
     clip_model.freeze(clip.model)
     meta.update(image_size=clip.image_size, mean=clip.mean.flatten().tolist(), std=clip.std.flatten().tolist(),
                 prompt_template=template)
 
-    class_prompts = prompts(template, dataset.class_names)
+    class_prompts = prompts(template, dataset.prompt_names)
     background_prompts = prompts(template, dataset.background_prompt_names)
     texts = {
         "class_names": dataset.class_names,
@@ -63,8 +98,14 @@ def prepare_clip(params: Params, out: Path, log_loss=None) -> dict[str, float]:
         "background_prompts": background_prompts,
         "background_embeddings": clip.encode_texts(background_prompts),
     }
-    eval_pool = render_pool(spec, eval_scenes, seed, "clip-eval")
-    world_texts = clip.encode_texts(world_prompts)
-    metrics.update(clip_report(clip, spec, eval_pool, world_texts[: len(spec.classes)], world_texts[len(spec.classes) :]))
+    metrics = {f"train_{key}": value for key, value in meta.get("training", {}).items()}
+    if dataset.name == "synthetic":
+        spec = world_spec(dataset, cfg.train.cooccurrence if cfg.source == "tiny" else None)
+        world_texts = clip.encode_texts(prompts(template, list(spec.classes) + list(spec.backgrounds)))
+        eval_pool = render_pool(spec, eval_count, seed, "clip-eval")
+        metrics.update(clip_report(clip, spec, eval_pool, world_texts[: len(spec.classes)], world_texts[len(spec.classes) :]))
+    else:
+        records = split_records(dataset, dataset.eval_split)[:eval_count]
+        metrics.update(dataset_report(clip, records, texts["class_embeddings"], texts["background_embeddings"]))
     clip_model.save_clip(out, meta, texts, state_dict)
     return metrics

@@ -1,4 +1,5 @@
-"""How well a CLIP can supervise CLIMS, measured on held-out renders of the synthetic world.
+"""How well a CLIP can supervise CLIMS, measured on held-out renders of the synthetic world
+(clip_report; a real dataset's images: dataset_report).
 
 - object_top1 / object_top1_masked: zero-shot over the object prompts, for the tight crop of
   each object and for the scene masked to the object (as CLIMS's fg = P * image).
@@ -115,4 +116,33 @@ def clip_report(
         "eval_instances": len(cls),
         "eval_context_pairs": len(with_context),
         "eval_background_regions": len(region_kind),
+    }
+
+
+def dataset_report(clip: FrozenClip, records: list, class_texts: torch.Tensor, background_texts: torch.Tensor) -> dict[str, float]:
+    """Zero-shot figures on a real dataset's images (whole images resized to the CLIP's input):
+
+    - object_top1: the share of images whose best class prompt names one of their classes;
+    - cos_present_mean / cos_absent_mean: cosine with the prompts of an image's classes / of the others;
+    - cos_background_p50 / cos_background_p99: cosines of whole images with the background
+      prompts, the scale on which CBS's tau sits (the reference: 0.26 on VOC with ViT-B/32).
+    """
+    from pipeline.cam.data import load_image
+
+    records = [r for r in records if r.class_ids]
+    size = clip.image_size
+    images = torch.stack([F.interpolate(load_image(r.image_path)[None], size=(size, size), mode="bilinear",
+                                        align_corners=False)[0] for r in records])
+    cos = _cosines(clip, images, None, class_texts)
+    present = torch.zeros_like(cos, dtype=torch.bool)
+    for n, record in enumerate(records):
+        present[n, [c - 1 for c in record.class_ids]] = True
+    background = _cosines(clip, images, None, background_texts).flatten()
+    return {
+        "object_top1": float(present[torch.arange(len(records)), cos.argmax(1)].float().mean()),
+        "cos_present_mean": float(cos[present].mean()),
+        "cos_absent_mean": float(cos[~present].mean()),
+        "cos_background_p50": float(torch.quantile(background, 0.5)),
+        "cos_background_p99": float(torch.quantile(background, 0.99)),
+        "eval_images": len(records),
     }

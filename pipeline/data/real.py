@@ -13,6 +13,7 @@ image's is reported by name rather than silently resized.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def mask_record(image_id: str, image: Path, mask: Path, num_classes: int) -> Ima
     return ImageRecord(image_id, image, mask, tuple(present), height, width)
 
 
-def voc_records(root: str | Path, split: str) -> list[ImageRecord]:
+def voc_records(root: str | Path, split: str, num_classes: int = len(VOC_CLASSES)) -> list[ImageRecord]:
     """Records of a VOC 2012 segmentation split (train, train_aug, val, ...)."""
     root = Path(root)
     if not (root / "JPEGImages").is_dir():
@@ -71,7 +72,9 @@ def voc_records(root: str | Path, split: str) -> list[ImageRecord]:
     if not masks.is_dir():
         raise UserError(f"{masks}: mask folder missing (split {split} reads its masks there)")
     ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
-    return [mask_record(i, root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png", len(VOC_CLASSES)) for i in ids]
+    if not ids:
+        raise UserError(f"{listing}: lists no images")
+    return _read_all(lambda i: mask_record(i, root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png", num_classes), ids)
 
 
 def coco_records(root: str | Path, split: str, num_classes: int = 80) -> list[ImageRecord]:
@@ -80,5 +83,48 @@ def coco_records(root: str | Path, split: str, num_classes: int = 80) -> list[Im
     masks = root / "masks" / split
     if not masks.is_dir():
         raise UserError(f"{masks}: mask folder missing (COCO needs VOC-style masks in masks/<split>/)")
-    images = root / "images" / split
-    return [mask_record(m.stem, images / f"{m.stem}.jpg", m, num_classes) for m in sorted(masks.glob("*.png"))]
+    images, found = root / "images" / split, sorted(masks.glob("*.png"))
+    if not found:
+        raise UserError(f"{masks}: no masks (<image id>.png) in the folder")
+    return _read_all(lambda m: mask_record(m.stem, images / f"{m.stem}.jpg", m, num_classes), found)
+
+
+def _read_all(read, items: list) -> list[ImageRecord]:
+    """`read` over `items` on a few threads (image headers and PNG decoding release the GIL);
+    the records keep the items' order, and the first failure is raised as it is."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(read, items))
+
+
+READERS = {"voc12": voc_records, "coco14": coco_records}
+
+
+def dataset_root(dataset) -> Path:
+    """dataset.root, relative paths taken from the repository root."""
+    from pipeline.tracking import repo_root
+
+    return repo_root() / Path(dataset.root).expanduser()
+
+
+def split_records(dataset, split: str) -> list[ImageRecord]:
+    """The records of one split of a real dataset (params' RealDataset)."""
+    return READERS[dataset.name](dataset_root(dataset), split, len(dataset.classes))
+
+
+def read_splits(dataset) -> tuple[dict[str, list[ImageRecord]], dict[str, float]]:
+    """The three manifests' records (layout.TRAIN, TRAIN_EVAL, VAL) of a real dataset and their
+    figures; the evaluated images must be training images (their CAMs are made with the rest)."""
+    from pipeline.layout import TRAIN, TRAIN_EVAL, VAL
+
+    splits = {TRAIN: dataset.train_split, TRAIN_EVAL: dataset.eval_split, VAL: dataset.val_split}
+    records = {role: split_records(dataset, split) for role, split in splits.items()}
+    training = {r.image_id for r in records[TRAIN]}
+    outside = [r.image_id for r in records[TRAIN_EVAL] if r.image_id not in training]
+    if outside:
+        raise UserError(f"dataset.eval_split: {len(outside)} images of {dataset.eval_split} are not in "
+                        f"{dataset.train_split} (first: {outside[0]}); CAMs and pseudo labels are made for training images")
+    metrics = {}
+    for role, listed in records.items():
+        metrics[f"{role}_images"] = len(listed)
+        metrics[f"{role}_objects_per_image"] = float(np.mean([len(r.class_ids) for r in listed]))
+    return records, metrics

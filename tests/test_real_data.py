@@ -1,11 +1,17 @@
 """The VOC 2012 and COCO 2014 readers on miniature trees in the standard layouts."""
 import pytest
+import yaml
 from PIL import Image
 
+from conftest import REPO, run_stage
 from miniature_data import MODES, scene, voc_tree
 from pipeline.cam.data import load_image
-from pipeline.data.real import VOC_CLASSES, coco_records, voc_records
+from pipeline.config import compose
+from pipeline.data.manifest import read_manifest
+from pipeline.data.prepare import prepare_splits
+from pipeline.data.real import VOC_CLASSES, coco_records, read_splits, voc_records
 from pipeline.errors import UserError
+from pipeline.params import validate
 
 
 @pytest.fixture
@@ -67,13 +73,19 @@ def test_coco_reads_voc_style_masks_with_80_classes(tmp_path):
     with pytest.raises(UserError, match=r"masks/val2014: mask folder missing"):
         coco_records(tmp_path, "val2014")
 
+    # dataset=coco14 scores the CAMs on its training split itself; val2014 scores the segmentation
+    for folder in ("images/val2014", "masks/val2014"):
+        (tmp_path / folder).mkdir(parents=True)
+    scene(tmp_path / "images/val2014/COCO_val2014_000000000042.jpg", tmp_path / "masks/val2014/COCO_val2014_000000000042.png", [3, 44])
+    params = validate(compose(["dataset=coco14", f"dataset.root={tmp_path}", "check=plumbing"], conf_dir=REPO / "conf"))
+    (tmp_path / "data").mkdir()
+    metrics = prepare_splits(params.dataset, tmp_path / "data", tmp_path / "data")
+    assert {k: metrics[f"{k}_images"] for k in ("train", "train_eval", "val")} == {"train": 3, "train_eval": 3, "val": 1}
+    assert [list(r.class_ids) for r in read_manifest(tmp_path / "data/val.parquet")] == [[3, 44]]
+    assert params.dataset.class_names[44 - 1] == "knife" and params.dataset.prompt_names[0] == "player"
+
 
 def _voc_params(workdir, root, *overrides):
-    import yaml
-
-    from conftest import REPO
-    from pipeline.config import compose
-
     workdir.mkdir()
     raw = compose(["dataset=voc12", f"dataset.root={root}", *overrides], conf_dir=REPO / "conf")
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -86,8 +98,6 @@ def _voc_params(workdir, root, *overrides):
 def test_prepare_data_on_a_broken_voc_tree_is_one_line_and_writes_nothing(tmp_path, mlflow_uri, damage, message):
     import shutil
 
-    from conftest import run_stage
-
     root, _ = voc_tree(tmp_path / "voc")
     shutil.rmtree(root if damage == "root" else root / damage)
     _voc_params(tmp_path / "work", root, "check=plumbing")
@@ -98,8 +108,6 @@ def test_prepare_data_on_a_broken_voc_tree_is_one_line_and_writes_nothing(tmp_pa
 
 
 def test_voc_with_the_reference_clip_names_the_missing_weights_file(tmp_path, mlflow_uri):
-    from conftest import run_stage
-
     root, _ = voc_tree(tmp_path / "voc")
     _voc_params(tmp_path / "work", root)
     result = run_stage("prepare_clip", tmp_path / "work", mlflow_uri)
@@ -111,13 +119,6 @@ def test_voc_with_the_reference_clip_names_the_missing_weights_file(tmp_path, ml
 
 
 def test_prepare_data_lists_a_voc_tree_into_three_manifests(tmp_path):
-    from pipeline.config import compose
-    from pipeline.data.manifest import read_manifest
-    from pipeline.data.prepare import prepare_splits
-    from pipeline.params import validate
-
-    from conftest import REPO
-
     root, classes = voc_tree(tmp_path / "voc")
     params = validate(compose(["dataset=voc12", f"dataset.root={root}", "check=plumbing"], conf_dir=REPO / "conf"))
     (tmp_path / "data").mkdir()  # the stage's atomic folder
@@ -132,12 +133,6 @@ def test_prepare_data_lists_a_voc_tree_into_three_manifests(tmp_path):
 
 
 def test_evaluated_images_must_be_training_images(tmp_path):
-    from pipeline.config import compose
-    from pipeline.data.real import read_splits
-    from pipeline.params import validate
-
-    from conftest import REPO
-
     root, _ = voc_tree(tmp_path / "voc")
     params = validate(compose(["dataset=voc12", f"dataset.root={root}", "check=plumbing", "dataset.eval_split=val",
                                "dataset.train_split=train"], conf_dir=REPO / "conf"))

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from pipeline import layout, tracking
+from pipeline.cam.nets import with_checked_weights
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
@@ -236,6 +237,7 @@ def run_sweep(params: Params) -> dict:
 
     cfg = params.sweep
     paths = check_inputs(params)
+    params = with_checked_weights(params)  # absolute: a trial does not run in this folder
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard files per trial
     init_ray(dashboard=True)
     folder = sweep_dir(cfg.name)

@@ -37,7 +37,9 @@ SMALL = {
         "distributed": {"cpus_per_worker": 1},  # two sweep trials at once on 2 CPUs
         "train_cam": {"epochs": 1, "batch_size": 4},
         "train_clims": {"epochs": 1, "batch_size": 4},
-        "make_cam": {"scales": [1.0], "num_workers": 1},
+        "make_cam": {"scales": [1.0], "num_workers": 1},  # the Ray tasks' path; the other per-image
+        "make_ir_label": {"num_workers": 0},               # stages share it and run in-process here
+        "make_sem_seg": {"num_workers": 0},                # (a Ray start costs ~5 s a stage)
         "eval_cam": {"overlays": 1},
         "train_irn": {"epochs": 1, "batch_size": 4, "radius": 4, "side_channels": 8},
         "eval_sem_seg": {"overlays": 1},

@@ -28,6 +28,7 @@ def test_voc_splits_read_with_labels_from_the_masks(voc_root):
         assert (record.height, record.width) == (40, 48)
         assert record.label_path.parent.name == "SegmentationClassAug"
     assert [r.label_path.parent.name for r in voc_records(root, "val")] == ["SegmentationClass"] * 2
+    assert [r.image_id for r in voc_records(root, "train_aug", limit=3)] == list(classes)[:3]
     assert len(VOC_CLASSES) == 20 and VOC_CLASSES[14] == "person"
 
 

@@ -105,7 +105,7 @@ def prepare_clip(params: Params, out: Path, previous: Path | None = None, log_lo
         eval_pool = render_pool(spec, eval_count, seed, "clip-eval")
         metrics.update(clip_report(clip, spec, eval_pool, world_texts[: len(spec.classes)], world_texts[len(spec.classes) :]))
     else:
-        records = split_records(dataset, dataset.eval_split)[:eval_count]
+        records = split_records(dataset, dataset.eval_split, limit=eval_count)
         metrics.update(dataset_report(clip, records, texts["class_embeddings"], texts["background_embeddings"]))
     clip_model.save_clip(out, meta, texts, state_dict)
     return metrics

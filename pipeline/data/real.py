@@ -21,8 +21,8 @@ from PIL import Image
 
 from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
+from pipeline.metrics import IGNORE
 
-IGNORE = 255
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 VOC_MASKS = {"train_aug": "SegmentationClassAug"}  # other splits: SegmentationClass
@@ -60,8 +60,8 @@ def mask_record(image_id: str, image: Path, mask: Path, num_classes: int) -> Ima
     return ImageRecord(image_id, image, mask, tuple(present), height, width)
 
 
-def voc_records(root: str | Path, split: str, num_classes: int = len(VOC_CLASSES)) -> list[ImageRecord]:
-    """Records of a VOC 2012 segmentation split (train, train_aug, val, ...)."""
+def voc_records(root: str | Path, split: str, num_classes: int = len(VOC_CLASSES), limit: int | None = None) -> list[ImageRecord]:
+    """Records of a VOC 2012 segmentation split (train, train_aug, val, ...); `limit`: its first ones only."""
     root = Path(root)
     if not (root / "JPEGImages").is_dir():
         raise UserError(f"{root}: not a VOC 2012 root (no JPEGImages/; expected VOCdevkit/VOC2012)")
@@ -74,11 +74,11 @@ def voc_records(root: str | Path, split: str, num_classes: int = len(VOC_CLASSES
     ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
     if not ids:
         raise UserError(f"{listing}: lists no images")
-    return _read_all(lambda i: mask_record(i, root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png", num_classes), ids)
+    return _read_all(lambda i: mask_record(i, root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png", num_classes), ids[:limit])
 
 
-def coco_records(root: str | Path, split: str, num_classes: int = 80) -> list[ImageRecord]:
-    """Records of a COCO 2014 split (train2014, val2014) with VOC-style masks."""
+def coco_records(root: str | Path, split: str, num_classes: int = 80, limit: int | None = None) -> list[ImageRecord]:
+    """Records of a COCO 2014 split (train2014, val2014) with VOC-style masks; `limit`: its first ones only."""
     root = Path(root)
     masks = root / "masks" / split
     if not masks.is_dir():
@@ -86,7 +86,7 @@ def coco_records(root: str | Path, split: str, num_classes: int = 80) -> list[Im
     images, found = root / "images" / split, sorted(masks.glob("*.png"))
     if not found:
         raise UserError(f"{masks}: no masks (<image id>.png) in the folder")
-    return _read_all(lambda m: mask_record(m.stem, images / f"{m.stem}.jpg", m, num_classes), found)
+    return _read_all(lambda m: mask_record(m.stem, images / f"{m.stem}.jpg", m, num_classes), found[:limit])
 
 
 def _read_all(read, items: list) -> list[ImageRecord]:
@@ -106,9 +106,9 @@ def dataset_root(dataset) -> Path:
     return repo_root() / Path(dataset.root).expanduser()
 
 
-def split_records(dataset, split: str) -> list[ImageRecord]:
-    """The records of one split of a real dataset (params' RealDataset)."""
-    return READERS[dataset.name](dataset_root(dataset), split, len(dataset.classes))
+def split_records(dataset, split: str, limit: int | None = None) -> list[ImageRecord]:
+    """The records of one split of a real dataset (params' RealDataset); `limit`: its first ones only."""
+    return READERS[dataset.name](dataset_root(dataset), split, len(dataset.classes), limit)
 
 
 def read_splits(dataset) -> tuple[dict[str, list[ImageRecord]], dict[str, float]]:
@@ -117,7 +117,8 @@ def read_splits(dataset) -> tuple[dict[str, list[ImageRecord]], dict[str, float]
     from pipeline.layout import TRAIN, TRAIN_EVAL, VAL
 
     splits = {TRAIN: dataset.train_split, TRAIN_EVAL: dataset.eval_split, VAL: dataset.val_split}
-    records = {role: split_records(dataset, split) for role, split in splits.items()}
+    read = {split: split_records(dataset, split) for split in dict.fromkeys(splits.values())}  # each split once
+    records = {role: read[split] for role, split in splits.items()}
     training = {r.image_id for r in records[TRAIN]}
     outside = [r.image_id for r in records[TRAIN_EVAL] if r.image_id not in training]
     if outside:

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from common import REPO, write_results
-from pipeline.cam.losses import ClimsLoss, LossWeights, btm_loss, cbs_loss_thresholded, otm_loss, reg_loss
-from pipeline.cam.nets import build_cam_net
+from pipeline.cam.losses import ClimsLoss, btm_loss, cbs_loss_thresholded, otm_loss, reg_loss
+from pipeline.nets.cam_net import build_cam_net
 from pipeline.params import load_params
 
 
@@ -41,7 +41,8 @@ def load_supervisor(params, device):
 
 
 def load_batch(params, batch: int):
-    from pipeline.cam.data import load_image, multi_hot
+    from pipeline.data.images import load_image
+    from pipeline.data.training_sets import multi_hot
     from pipeline.data.manifest import read_manifest
 
     manifest = REPO / "data" / "train.parquet"
@@ -99,7 +100,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     clip, class_prompts, background_prompts = load_supervisor(params, device)
-    weights = LossWeights(**params.clims_loss.weights.model_dump())
+    weights = params.clims_loss.weights
     with torch.no_grad():
         class_embeddings, background_embeddings = clip.encode_texts(class_prompts), clip.encode_texts(background_prompts)
     batched = ClimsLoss(clip, class_embeddings, background_embeddings, weights, "improved", args.tau).to(device)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.tracking import repo_root
+from pipeline.layout import repo_root
 
 
 # Ray Train settings the stages default to (the environment's own values win). The terminal
@@ -43,9 +43,10 @@ def storage_path(configured: str) -> str:
     return str(path if path.is_absolute() else (repo_root() / path).resolve())
 
 
-def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str, storage: str | None = None,
+def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | None = None,
         callbacks: list | None = None):
-    """Run `train_fn(config)` on `dist.num_workers` Ray Train workers (DDP) and return the Result.
+    """Run `train_fn({"job": job})` on `dist.num_workers` Ray Train workers (DDP) and return the
+    Result (`job`: a pipeline.train_loop.TrainJob, which pickles as it is).
 
     A worker lost mid-run is replaced and the run resumes from the last reported checkpoint, up
     to `dist.max_failures` times. Ray Train also resumes a run whose `name` already has
@@ -58,7 +59,7 @@ def fit(train_fn: Callable[[dict], None], config: dict, dist, name: str, storage
     init_ray()
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config=config,
+        train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu,
                                      resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if dist.use_gpu else {})}),

@@ -1,4 +1,9 @@
-"""Where the stages put their outputs (dvc.yaml names the same paths)."""
+"""Where the stages put their outputs (dvc.yaml names the same paths), and the repository they
+run in."""
+from __future__ import annotations
+
+import os
+import subprocess
 from pathlib import Path
 
 DATA_DIR = Path("data")
@@ -32,3 +37,15 @@ IR_LABELS_DIR = Path("artifacts/ir_labels")  # one PNG per training image, 255 =
 IRN_DIR = Path("artifacts/net_irn")  # the boundary net: weights.pt + net.json
 PSEUDO_LABELS_DIR = Path("artifacts/pseudo_labels")  # one PNG per training image
 SEG_NET_DIR = Path("artifacts/net_seg")  # DeepLabV3 trained on the pseudo labels
+
+
+def git(*args: str) -> str:
+    """git's output, or "" outside a repository or without git."""
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def repo_root() -> Path:
+    return Path(git("rev-parse", "--show-toplevel").strip() or os.getcwd()).resolve()

@@ -27,9 +27,14 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- dataset
+# What the synthetic world can draw (pipeline.data.synthetic renders exactly these; a test ties the two).
+ObjectKind = Literal["boat", "train", "plane", "car", "cow", "bird"]
+BackgroundKind = Literal["water", "rails", "sky", "road", "grass", "trees", "sand", "wall", "snow"]
+
+
 class ObjectClass(Section):
-    name: str  # the object kind, also its prompt name
-    context: str  # the background it usually sits on
+    name: ObjectKind  # the object kind, also its prompt name
+    context: BackgroundKind  # the background it usually sits on
 
 
 class DatasetSection(Section):
@@ -62,21 +67,18 @@ class SyntheticDataset(DatasetSection):
     cooccurrence: Probability
     distractor: Probability
     classes: list[ObjectClass] = Field(min_length=2)
-    backgrounds: list[str] = Field(min_length=2)
+    backgrounds: list[BackgroundKind] = Field(min_length=2)
     background_prompts: Optional[list[str]]  # None: the background kinds' names
 
     @model_validator(mode="after")
     def _consistent(self):
         if self.min_objects > self.max_objects:
             raise ValueError(f"min_objects ({self.min_objects}) is larger than max_objects ({self.max_objects})")
-        from pipeline.data.synthetic import WorldSpec
-
-        WorldSpec(
-            self.image_size,
-            tuple(c.name for c in self.classes),
-            tuple(c.context for c in self.classes),
-            tuple(self.backgrounds),
-        )
+        missing = [c.context for c in self.classes if c.context not in self.backgrounds]
+        if missing:
+            raise ValueError(f"context backgrounds {missing} are not in backgrounds {list(self.backgrounds)}")
+        if set(self.backgrounds) <= {c.context for c in self.classes}:
+            raise ValueError("backgrounds: at least one must be nobody's context (the neutral ground)")
         return self
 
     @property
@@ -187,7 +189,7 @@ Clip = Annotated[Union[TinyClip, PretrainedClip], Field(discriminator="source")]
 Stride = Literal[1, 2]
 
 
-class Backbone(Section):
+class BackboneSection(Section):
     """The CAM nets' ResNet: a narrow one of BasicBlocks (trained from scratch) or a torchvision one."""
 
     name: Literal["small_resnet", "resnet18", "resnet34", "resnet50", "resnet101"]
@@ -261,7 +263,7 @@ class LossWeights(Section):
     reg: Annotated[float, Field(ge=0.0)]
 
 
-class ClimsLoss(Section):
+class ClimsLossSection(Section):
     """CLIMS's four losses; see pipeline.cam.losses for both variants."""
 
     variant: Literal["improved", "camera_ready"]
@@ -299,8 +301,8 @@ class EvalCam(Section):
 
 
 # --------------------------------------------------------------------------- IRN refinement
-class Crf(Section):
-    """Dense CRF (pipeline.irn.crf): the reference's kernels, a local window of exact evaluation."""
+class CrfSection(Section):
+    """Dense CRF (pipeline.ops.crf): the reference's kernels, a local window of exact evaluation."""
 
     iterations: NonNegativeInt
     gaussian_sxy: PositiveFloat
@@ -406,7 +408,7 @@ class SweepSpace(Section):
     tau: SearchDimension
 
 
-class Sweep(Section):
+class SweepSection(Section):
     """`clims sweep`: Ray Tune trials of a short CLIMS training, scored by CAM mIoU on held
     training images; ASHA stops the weak ones early."""
 
@@ -443,21 +445,21 @@ class Tracking(Section):
 class Params(Section):
     dataset: Dataset
     clip: Clip
-    backbone: Backbone
+    backbone: BackboneSection
     distributed: Distributed
     train_cam: TrainCam
     train_clims: TrainClims
-    clims_loss: ClimsLoss
+    clims_loss: ClimsLossSection
     make_cam: MakeCam
     eval_cam: EvalCam
-    crf: Crf
+    crf: CrfSection
     make_ir_label: MakeIrLabel
     train_irn: TrainIrn
     make_sem_seg: MakeSemSeg
     eval_sem_seg: EvalSemSeg
     train_seg: TrainSeg
     eval_seg: EvalSeg
-    sweep: Sweep
+    sweep: SweepSection
     tracking: Tracking
 
     @model_validator(mode="after")

@@ -22,12 +22,13 @@ from typing import Any
 import yaml
 
 from pipeline import layout, tracking
-from pipeline.cam.nets import with_checked_weights
+from pipeline.nets.backbone import with_checked_weights
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from pipeline.params import Params, SearchDimension
-from pipeline.tracking import repo_root
+from pipeline.train_loop import TrainJob, absolute
+from pipeline.layout import repo_root
 
 SWEEP_DIR = "sweeps"
 METRIC = "cam_miou"
@@ -86,22 +87,20 @@ def apply_command(config: dict) -> str:
 
 
 # --------------------------------------------------------------------------- one trial (a Tune function)
-def run_trial(config: dict, params: dict, paths: dict) -> None:
-    """Tune trial: a Ray Train run of CLIMS with this trial's weights, reporting every epoch to Tune."""
+def run_trial(config: dict, job: TrainJob, storage: str) -> None:
+    """Tune trial: a Ray Train run of CLIMS with this trial's weights, reporting every epoch to Tune;
+    `job` is the sweep's CLIMS run, which each trial gives its own params and tau."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline.cam.ray_train import train_worker
     from pipeline.distributed import fit
 
-    trial = trial_params(Params.model_validate(params), config)
-    cfg = trial.sweep
-    worker_config = {"params": trial.model_dump(), "seed": trial.train_clims.seed, "kind": "clims", "tau": float(config["tau"]),
-                     "train_images": cfg.train_images, "held_images": cfg.held_images, **paths}
+    trial = trial_params(job.params, config)
+    trial_job = job.model_copy(update={"params": trial, "tau": float(config["tau"])})
     # Named by the trial: a resumed sweep's unfinished trial continues from its last epoch.
-    name = f"{cfg.name}-{ray.tune.get_context().get_trial_id()}"
-    result = fit(train_worker, worker_config, trial.distributed, name, storage=paths["storage"],
-                 callbacks=[TuneReportCallback()])
+    name = f"{trial.sweep.name}-{ray.tune.get_context().get_trial_id()}"
+    result = fit(train_worker, trial_job, trial.distributed, name, storage=storage, callbacks=[TuneReportCallback()])
     if result.error is not None:
         raise result.error
 
@@ -198,8 +197,9 @@ def tune_callback(mlflow_trials: MlflowTrials):
 
 
 # --------------------------------------------------------------------------- the driver
-def check_inputs(params: Params) -> dict:
-    """The files every trial reads; one line naming what is missing."""
+def sweep_job(params: Params) -> TrainJob:
+    """The CLIMS run every trial starts from (its params, the files it reads); one line naming
+    what is missing."""
     needed = {"baseline net": layout.net_dir("baseline"), "CLIP": layout.CLIP_DIR, "train manifest": layout.manifest_path(layout.TRAIN)}
     for what, path in needed.items():
         if not path.exists():
@@ -209,8 +209,10 @@ def check_inputs(params: Params) -> dict:
     if cfg.train_images + cfg.held_images > count:
         raise UserError(f"sweep.train_images + sweep.held_images = {cfg.train_images + cfg.held_images} is more than the "
                         f"{count} training images")
-    return {"manifest": str(layout.manifest_path(layout.TRAIN).resolve()), "init_net": str(layout.net_dir("baseline").resolve()),
-            "clip_dir": str(layout.CLIP_DIR.resolve())}
+    params = with_checked_weights(params)  # absolute: a trial does not run in this folder
+    return TrainJob(params=params, section="train_clims", manifest=absolute(layout.manifest_path(layout.TRAIN)),
+                    init_net=absolute(layout.net_dir("baseline")), clip_dir=absolute(layout.CLIP_DIR),
+                    train_images=cfg.train_images, held_images=cfg.held_images)
 
 
 def concurrency(params: Params) -> int:
@@ -236,15 +238,13 @@ def run_sweep(params: Params) -> dict:
     from pipeline.distributed import init_ray
 
     cfg = params.sweep
-    paths = check_inputs(params)
-    params = with_checked_weights(params)  # absolute: a trial does not run in this folder
+    job = sweep_job(params)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard files per trial
     init_ray(dashboard=True)
     folder = sweep_dir(cfg.name)
-    paths["storage"] = str(folder / "train")
     # The trial only drives its Train run: no CPU of its own (Tune refuses an all-zero request,
     # hence a token of memory), so the Train workers get every CPU.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, params=params.model_dump(), paths=paths),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job, storage=str(folder / "train")),
                                     {"cpu": 0, "memory": 64 * 2**20})
     mlflow_trials = MlflowTrials(params)
     if tune.Tuner.can_restore(str(folder / "tune")):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,23 +16,13 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from pipeline.layout import git, repo_root
 from pipeline.params import PARAMS_FILE
 
 PIPELINE_KEY_TAG = "clims.pipeline_key"
 DB_FILE = "mlflow.db"
 RUN_DEFINING_PATHS = ("pipeline", "stages", "conf", "dvc.yaml", "pyproject.toml")
 ARTIFACT_DIR = "mlartifacts"
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def repo_root() -> Path:
-    return Path(_git("rev-parse", "--show-toplevel").strip() or os.getcwd()).resolve()
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -48,9 +37,9 @@ def pipeline_key() -> str:
     if os.environ.get("CLIMS_PIPELINE_RUN"):
         return os.environ["CLIMS_PIPELINE_RUN"]
     digest = hashlib.sha256()
-    digest.update(_git("rev-parse", "HEAD").encode())
+    digest.update(git("rev-parse", "HEAD").encode())
     # Only what defines the run: stage outputs (dvc.lock, metrics/) change while it runs.
-    digest.update(_git("diff", "HEAD", "--", *RUN_DEFINING_PATHS).encode())
+    digest.update(git("diff", "HEAD", "--", *RUN_DEFINING_PATHS).encode())
     params = Path(PARAMS_FILE)
     digest.update(params.read_bytes() if params.is_file() else b"")
     digest.update(os.environ.get("DVC_EXP_NAME", "").encode())
@@ -124,9 +113,9 @@ def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRu
 
     client = MlflowClient(tracking_uri(params.tracking.uri))
     experiment = experiment_id(client, params.tracking.experiment)
-    commit = _git("rev-parse", "HEAD").strip()
+    commit = git("rev-parse", "HEAD").strip()
     tags = {"git.commit": commit or "unknown", "dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace")}
-    if _git("status", "--porcelain", "--untracked-files=no", "--", *RUN_DEFINING_PATHS, PARAMS_FILE).strip():
+    if git("status", "--porcelain", "--untracked-files=no", "--", *RUN_DEFINING_PATHS, PARAMS_FILE).strip():
         tags["git.dirty"] = "true"
     dumped = params.model_dump()
     parent = _parent_run_id(client, experiment, pipeline_key(), tags, dumped)

@@ -1,25 +1,27 @@
-"""The training loop every trained stage shares (CAM nets, IRN), and its Ray Train wrapper.
+"""The training loop every trained stage shares (CAM nets, IRN, segmentation), and its Ray Train
+wrapper.
 
 `train_epoch` is a plain function (tests and GPU benchmarks call it without Ray). `ray_worker`
 runs it on Ray Train workers: DDP, a per-epoch report with a checkpoint from rank 0, and the
 resumption from the last checkpoint after a lost worker. A stage supplies a `setup` function
-that builds its net, step, optimiser and dataset on the worker.
+that builds its net, step, optimiser and dataset on the worker from a `TrainJob`: the validated
+params and the paths the run reads, one typed object that travels to the workers as it is.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Literal, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
-from pipeline.params import Params, validate
+from pipeline.codedeps import code_digest
+from pipeline.params import Params
 
 STATE_FILE = "state.pt"
 StepFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict]
@@ -65,22 +67,46 @@ def train_epoch(net, step: StepFn, loader, optimizer, scheduler, device) -> dict
     return log.means()
 
 
+class TrainJob(BaseModel):
+    """What a training run's workers are given: the params and the paths they read (absolute:
+    workers may start in other folders). `section` names the params section with the run's
+    training settings (seed, epochs, batch size, schedule, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    params: Params
+    section: Literal["train_cam", "train_clims", "train_irn", "train_seg"]
+    manifest: str
+    init_net: Optional[str] = None  # the net whose weights start the run (CLIMS, IRN, segmentation)
+    labels: Optional[str] = None  # one label map per image (IRN, segmentation)
+    clip_dir: Optional[str] = None  # CLIMS: the frozen CLIP and its cached text embeddings
+    tau: Optional[float] = None  # CLIMS: the CBS threshold
+    train_images: Optional[int] = None  # a sweep trial: the first N images train it
+    held_images: int = 0  # a sweep trial: the last N images (never trained on) score it after every epoch
+
+    @property
+    def cfg(self):
+        return getattr(self.params, self.section)
+
+
+def absolute(path: str | Path | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
 @dataclass
 class Setup:
-    """What a stage trains: `net` is checkpointed and exported; `cfg` has seed, epochs,
-    batch_size, schedule and loader_workers."""
+    """What a stage trains: `net` is checkpointed and exported."""
 
     net: torch.nn.Module
     step: StepFn
     optimizer: torch.optim.Optimizer
     dataset: torch.utils.data.Dataset
-    cfg: Any
     # Run on rank 0 after every epoch: figures to add to the epoch's report, and files to keep
     # in its checkpoint folder (a sweep trial's CAM mIoU and overlays)
     evaluate: Callable[[torch.nn.Module, Path], dict] | None = None
 
 
-SetupFn = Callable[[Params, dict, torch.device], Setup]
+SetupFn = Callable[[TrainJob, torch.device], Setup]
 
 
 def _all_reduce_means(means: dict[str, float]) -> dict[str, float]:
@@ -93,22 +119,22 @@ def _all_reduce_means(means: dict[str, float]) -> dict[str, float]:
 
 
 def ray_worker(config: dict, setup: SetupFn) -> None:
-    """Ray Train's per-worker loop. config: params (a dict), seed, and what `setup` reads;
-    fail_after_epoch/fail_marker make one worker die once (tests)."""
+    """Ray Train's per-worker loop; config["job"] is the run's TrainJob."""
     import ray.train
     import ray.train.torch
 
-    params = validate(config["params"])
+    job: TrainJob = config["job"]
+    cfg = job.cfg
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(params.distributed.cpus_per_worker)  # Ray gives a 1-CPU worker one thread
-    torch.manual_seed(config["seed"])  # the same initial weights on every worker
-    job = setup(params, config, device)
-    cfg, net, optimizer = job.cfg, job.net, job.optimizer
+    torch.set_num_threads(job.params.distributed.cpus_per_worker)  # Ray gives a 1-CPU worker one thread
+    torch.manual_seed(cfg.seed)  # the same initial weights on every worker
+    work = setup(job, device)
+    net, optimizer = work.net, work.optimizer
 
-    sampler = torch.utils.data.DistributedSampler(job.dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    loader = torch.utils.data.DataLoader(job.dataset, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
+    sampler = torch.utils.data.DistributedSampler(work.dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(work.dataset, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
                                          num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs * len(loader))
 
@@ -127,12 +153,12 @@ def ray_worker(config: dict, setup: SetupFn) -> None:
         began = time.perf_counter()
         sampler.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch * 16 + rank)  # augmentation: the same after a resume
-        means = _all_reduce_means(train_epoch(model, job.step, loader, optimizer, scheduler, device))
+        means = _all_reduce_means(train_epoch(model, work.step, loader, optimizer, scheduler, device))
         metrics = {"epoch": epoch + 1, "start_epoch": start, "workers": world, **means}  # start_epoch > 0: resumed
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
-                if job.evaluate is not None:
-                    metrics.update(job.evaluate(net, Path(folder)))
+                if work.evaluate is not None:
+                    metrics.update(work.evaluate(net, Path(folder)))
                 history.append(metrics)
                 terms = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "start_epoch", "workers"))
                 print(f"epoch {epoch + 1}/{cfg.epochs}: {terms} ({time.perf_counter() - began:.1f} s)", flush=True)
@@ -143,34 +169,26 @@ def ray_worker(config: dict, setup: SetupFn) -> None:
         else:
             history.append(metrics)
             ray.train.report(metrics)
-        _maybe_fail(config, epoch + 1, rank, world)
 
 
-def _maybe_fail(config: dict, epoch: int, rank: int, world: int) -> None:
-    """Fault injection for the resume test: the last worker dies once after the given epoch,
-    once Ray Train's controller (which polls every 2 s) has taken that epoch's checkpoint."""
-    marker = config.get("fail_marker")
-    if config.get("fail_after_epoch") == epoch and rank == world - 1 and marker and not os.path.exists(marker):
-        Path(marker).touch()
-        time.sleep(5)
-        os._exit(1)
-
-
-def run_name(prefix: str, config: dict, inputs: list[Path]) -> str:
+def run_name(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path]) -> str:
     """Ray Train resumes a run from the checkpoints stored under its name, so the name hashes
-    everything the training depends on: the config and the bytes of `inputs` (data manifest,
-    initial nets, the training code). A killed stage resumes; a changed one starts afresh."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    everything the training depends on: the job, the bytes of `inputs` (data manifest, initial
+    nets, labels' source) and the project code the worker's module imports (pipeline.codedeps).
+    A killed stage resumes; a changed one starts afresh."""
+    digest = hashlib.sha256(job.model_dump_json().encode())
     for path in inputs:
         digest.update(Path(path).read_bytes())
-    return f"{prefix}-{digest.hexdigest()[:12]}"
+    digest.update(code_digest(train_fn.__module__).encode())
+    return f"{job.section}-{digest.hexdigest()[:12]}"
 
 
-def fit_final_state(train_fn: Callable[[dict], None], config: dict, dist, name: str) -> dict:
-    """Run `train_fn` on Ray Train and return the last checkpoint's state (model, history, ...)."""
+def fit_final_state(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path], name: str | None = None) -> dict:
+    """Run `train_fn` on Ray Train (under `name`, else `run_name`) and return the last
+    checkpoint's state (model, history, ...)."""
     from pipeline.distributed import fit
 
-    result = fit(train_fn, config, dist, name)
+    result = fit(train_fn, job, job.params.distributed, name or run_name(train_fn, job, inputs))
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as folder:
@@ -178,21 +196,17 @@ def fit_final_state(train_fn: Callable[[dict], None], config: dict, dist, name: 
 
 
 def fit_on_label_maps(train_fn: Callable[[dict], None], params: Params, section: str, producer: str, manifest: Path,
-                      labels: Path, init_net: Path | None, code: tuple[str, ...], name: str | None = None, **extra) -> dict:
+                      labels: Path, init_net: Path | None, name: str | None = None) -> dict:
     """The driver side of a net trained on one label map per image (IRN, segmentation): check
     that `producer` left enough labelled images for a batch, name the run by everything it reads
-    (manifest, labels' source, initial net, `code` under pipeline/), fit; returns the final state.
-    The worker finds the labels at config["labels"]."""
+    (manifest, labels' source, initial net, code), fit; returns the final state."""
     from pipeline.data.manifest import records_with_labels
     from pipeline.io import NET_WEIGHTS
+    from pipeline.nets.backbone import with_checked_weights
 
-    from pipeline.cam.nets import with_checked_weights
-
-    params, cfg = with_checked_weights(params), getattr(params, section)
-    records_with_labels(manifest, labels, cfg.batch_size, section, producer)
-    config = {"params": params.model_dump(), "seed": cfg.seed, "manifest": str(Path(manifest).resolve()),
-              "labels": str(Path(labels).resolve()), "init_net": str(Path(init_net).resolve()) if init_net else None, **extra}
-    package = Path(__file__).resolve().parent
-    inputs = [Path(manifest), Path(labels) / "source.json", *([Path(init_net) / NET_WEIGHTS] if init_net else []),
-              *(package / c for c in code)]
-    return fit_final_state(train_fn, config, params.distributed, name or run_name(section, config, inputs))
+    params = with_checked_weights(params)
+    records_with_labels(manifest, labels, getattr(params, section).batch_size, section, producer)
+    job = TrainJob(params=params, section=section, manifest=absolute(manifest), labels=absolute(labels),
+                   init_net=absolute(init_net))
+    inputs = [Path(manifest), Path(labels) / "source.json", *([Path(init_net) / NET_WEIGHTS] if init_net else [])]
+    return fit_final_state(train_fn, job, inputs, name)

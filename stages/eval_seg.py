@@ -3,13 +3,12 @@ import numpy as np
 from PIL import Image
 
 from pipeline import layout, tracking
-from pipeline.cam.evaluate import context_ids, side_by_side, summarise, sweep, with_ground_truth
 from pipeline.data.manifest import read_manifest
 from pipeline.io import atomic_path, write_json
-from pipeline.irn.crf import CrfConfig
+from pipeline.nets.deeplab import load_seg_net
 from pipeline.report import write_curve
+from pipeline.scoring import context_ids, side_by_side, summarise, threshold_totals, with_ground_truth
 from pipeline.seg.evaluate import confusion_image, predict_labels
-from pipeline.seg.net import load_seg_net
 from pipeline.stage import run_stage
 
 
@@ -18,9 +17,9 @@ def main(params):
     with tracking.stage_run("eval_seg", params, sections=("eval_seg", "crf")) as run:
         net, _ = load_seg_net(layout.SEG_NET_DIR)
         records = with_ground_truth(read_manifest(layout.manifest_path(layout.VAL)))
-        predictions = predict_labels(net, records, cfg.scales, cfg.batch_size, CrfConfig(**params.crf.model_dump()) if cfg.crf else None)
+        predictions = predict_labels(net, records, cfg.scales, cfg.batch_size, params.crf if cfg.crf else None)
         names = params.dataset.class_names
-        totals = sweep(records, lambda r: predictions[r.image_id][None], 1, len(names), context_ids(params.dataset))
+        totals = threshold_totals(records, lambda r: predictions[r.image_id][None], 1, len(names), context_ids(params.dataset))
         metrics, _ = summarise(totals, np.zeros(1), names)
         metrics.pop("best_threshold")
         write_json(layout.METRICS_DIR / "segmentation.json", {"images": len(records), **metrics})

@@ -2,10 +2,10 @@
 import json
 
 from pipeline import layout, tracking
-from pipeline.cam.evaluate import evaluate_label_maps, side_by_side
 from pipeline.data.manifest import read_manifest
 from pipeline.io import colorize, label_png_path, read_label, write_json
 from pipeline.report import write_curve
+from pipeline.scoring import evaluate_label_maps, side_by_side
 from pipeline.stage import run_stage
 
 

@@ -1,7 +1,7 @@
 """DVC stage train_clims: the CLIMS net, from the baseline's weights, supervised by the frozen CLIP."""
 from pipeline import layout, tracking
 from pipeline.cam.ray_train import train
-from pipeline.cam.report import resolve_tau
+from pipeline.cam.tau import resolve_tau
 from pipeline.report import log_history
 from pipeline.io import atomic_dir
 from pipeline.stage import run_stage

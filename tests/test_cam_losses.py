@@ -6,8 +6,8 @@ import torch
 import yaml
 
 from conftest import REPO
-from pipeline.cam.losses import (ClimsLoss, LossWeights, btm_loss, cbs_loss_per_class, cbs_loss_thresholded,
-                                 otm_loss, reg_loss)
+from pipeline.cam.losses import ClimsLoss, btm_loss, cbs_loss_per_class, cbs_loss_thresholded, otm_loss, reg_loss
+from pipeline.params import LossWeights
 
 
 def test_otm_and_btm_by_hand():
@@ -65,7 +65,7 @@ def _loss(clip, variant):
     classes = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
     backgrounds = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
     own = torch.rand(4, 5) < 0.5
-    return ClimsLoss(clip, classes, backgrounds, LossWeights(10, 24, 1, 0.2), variant, tau=0.0, class_prompt_mask=own)
+    return ClimsLoss(clip, classes, backgrounds, LossWeights(otm=10.0, btm=24.0, cbs=1.0, reg=0.2), variant, tau=0.0, class_prompt_mask=own)
 
 
 @pytest.mark.parametrize("variant", ["improved", "camera_ready"])
@@ -107,8 +107,8 @@ def test_gradients_reach_the_masks_through_the_frozen_clip(tiny_clip):
 
 def test_clip_sigmoid_scores_keep_a_gradient_where_the_cosine_clamp_has_none(tiny_clip):
     classes = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
-    plain = ClimsLoss(tiny_clip, classes, classes, LossWeights(1, 0, 0, 0), "improved", tau=0.0)
-    scored = ClimsLoss(tiny_clip, classes, classes, LossWeights(1, 0, 0, 0), "improved", tau=0.0, score=(10.0, -5.0))
+    plain = ClimsLoss(tiny_clip, classes, classes, LossWeights(otm=1.0, btm=0.0, cbs=0.0, reg=0.0), "improved", tau=0.0)
+    scored = ClimsLoss(tiny_clip, classes, classes, LossWeights(otm=1.0, btm=0.0, cbs=0.0, reg=0.0), "improved", tau=0.0, score=(10.0, -5.0))
     cos = torch.tensor([-0.3, 0.5], requires_grad=True)
     assert scored.scores(cos)[1].item() == pytest.approx(0.5)  # sigmoid(10 * 0.5 - 5)
     otm_loss(plain.scores(cos)).backward()
@@ -121,11 +121,11 @@ def test_clip_sigmoid_scores_keep_a_gradient_where_the_cosine_clamp_has_none(tin
 def test_tau_auto_is_halfway_between_the_clip_figures(tmp_path):
     import json
 
-    from pipeline.cam.report import resolve_tau
+    from pipeline.cam.tau import resolve_tau
     from pipeline.errors import UserError
-    from pipeline.params import ClimsLoss as ClimsLossParams
+    from pipeline.params import ClimsLossSection
 
-    cfg = ClimsLossParams(variant="improved", score="cosine", weights={"otm": 10.0, "btm": 24.0, "cbs": 1.0, "reg": 0.2},
+    cfg = ClimsLossSection(variant="improved", score="cosine", weights={"otm": 10.0, "btm": 24.0, "cbs": 1.0, "reg": 0.2},
                           tau="auto", class_backgrounds=None)
     figures = tmp_path / "clip.json"
     figures.write_text(json.dumps({"cos_object_vs_background_p99": 0.1, "cos_context_together_mean": 0.7}))

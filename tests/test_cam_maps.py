@@ -4,16 +4,18 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cam.evaluate import cam_predictions, predict, summarise, sweep, thresholds
-from pipeline.cam.infer import cam_path, load_cam, make_cams, multiscale_maps, normalise, select_classes
-from pipeline.cam.nets import build_cam_net
+from pipeline.cam.evaluate import cam_predictions
+from pipeline.cam.infer import make_cams, multiscale_maps, normalise, select_classes
+from pipeline.data.cam_files import cam_path, load_cam
 from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
 from pipeline.io import save_label_png
 from pipeline.metrics import confusion, miou
-from pipeline.params import Backbone, Distributed, MakeCam
+from pipeline.nets.cam_net import build_cam_net, save_cam_net
+from pipeline.params import BackboneSection, Distributed, MakeCam
+from pipeline.scoring import predict, summarise, threshold_totals, thresholds
 
-SMALL = Backbone(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
+SMALL = BackboneSection(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
 
 
 def _net(seed=0):
@@ -23,12 +25,12 @@ def _net(seed=0):
 
 def test_output_strides():
     assert _net()(torch.rand(1, 3, 64, 64)).shape == (1, 3, 16, 16)  # small_resnet: stride 4
-    r50 = Backbone(name="resnet50", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=None)
+    r50 = BackboneSection(name="resnet50", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=None)
     assert build_cam_net(r50, 20)(torch.rand(1, 3, 128, 96)).shape == (1, 20, 8, 6)  # the reference's stride 16
 
 
 def test_missing_backbone_weights_is_one_clear_error(tmp_path):
-    cfg = Backbone(name="resnet18", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=str(tmp_path / "r18.pth"))
+    cfg = BackboneSection(name="resnet18", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=str(tmp_path / "r18.pth"))
     with pytest.raises(UserError, match="r18.pth: backbone weights file not found"):
         build_cam_net(cfg, 3)
 
@@ -39,7 +41,7 @@ def test_wrong_backbone_weights_are_one_clear_error(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     for name in ("r18.pth", "notes.pth"):
-        cfg = Backbone(name="resnet50", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=str(tmp_path / name))
+        cfg = BackboneSection(name="resnet50", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=str(tmp_path / name))
         with pytest.raises(UserError) as error:
             build_cam_net(cfg, 3)
         message = str(error.value)
@@ -88,13 +90,11 @@ def _scene(folder, name, label, ground=None):
 
 
 def test_make_cams_writes_every_image_then_skips_them_and_restarts_for_another_net(tmp_path):
-    from pipeline.cam.ray_train import save_net
-
     label = np.zeros((32, 32), np.uint8)
     label[4:12, 4:12] = 1
     records = [_scene(tmp_path, f"img{i}", label) for i in range(3)]
     net_dir, out = tmp_path / "net", tmp_path / "cams"
-    save_net(net_dir, _net(), SMALL, ["a", "b", "c"], "baseline", [])
+    save_cam_net(net_dir, _net(), SMALL, ["a", "b", "c"], "baseline", [])
     cfg = MakeCam(scales=[1.0, 0.5], batch_size=2, num_workers=0)
     dist = Distributed(num_workers=1, cpus_per_worker=1, use_gpu=False, max_failures=0, storage="unused")
     assert make_cams(records, net_dir, out, cfg, dist) == 3
@@ -102,7 +102,7 @@ def test_make_cams_writes_every_image_then_skips_them_and_restarts_for_another_n
     assert data["class_ids"].tolist() == [1] and data["cam"].shape == (1, 8, 8) and data["high_res"].dtype == np.float16
     cam_path(out, "img1").unlink()  # as if the run had been killed before this image
     assert make_cams(records, net_dir, out, cfg, dist) == 1
-    save_net(net_dir, _net(seed=1), SMALL, ["a", "b", "c"], "baseline", [])  # another net: stale CAMs go
+    save_cam_net(net_dir, _net(seed=1), SMALL, ["a", "b", "c"], "baseline", [])  # another net: stale CAMs go
     assert make_cams(records, net_dir, out, cfg, dist) == 3
     assert not list(out.glob(".*")), "a temporary file was left behind"
 
@@ -130,11 +130,11 @@ def test_sweep_finds_the_best_threshold_and_the_context_leak(tmp_path):
     cam = np.zeros((1, 8, 8), np.float16)
     cam[0, 2:4, 2:4] = 1.0
     cam[0, 4:6] = 0.4  # half the context at 0.4: leaks below threshold 0.4
-    from pipeline.cam.infer import save_cam
+    from pipeline.data.cam_files import save_cam
 
     save_cam(cam_path(tmp_path / "cams", "s"), {"class_ids": np.array([1], np.int16), "high_res": cam, "mask": cam, "cam": cam})
     ts = thresholds(0.05, 0.95, 0.05)
-    totals = sweep([record], cam_predictions(tmp_path / "cams", "high_res", ts), len(ts), 2, context_ids=[3, 0])
+    totals = threshold_totals([record], cam_predictions(tmp_path / "cams", "high_res", ts), len(ts), 2, context_ids=[3, 0])
     metrics, rows = summarise(totals, ts, ["a", "b"])
     assert metrics["miou"] == pytest.approx(100.0) and metrics["best_threshold"] >= 0.4
     assert metrics["context_leak"] == 0
@@ -148,8 +148,6 @@ def test_scoring_a_net_in_memory_equals_make_cam_then_the_sweep(tmp_path):
     from types import SimpleNamespace
 
     from pipeline.cam.evaluate import held_out_scorer, score_net
-    from pipeline.cam.ray_train import save_net
-
     rng = np.random.default_rng(1)
     records = []
     for i in range(4):
@@ -157,12 +155,12 @@ def test_scoring_a_net_in_memory_equals_make_cam_then_the_sweep(tmp_path):
         label[rng.integers(0, 16):, rng.integers(0, 20):][:10, :12] = 1 + i % 3
         records.append(_scene(tmp_path, f"img{i}", label))
     net = _net()
-    save_net(tmp_path / "net", net, SMALL, ["a", "b", "c"], "baseline", [])
+    save_cam_net(tmp_path / "net", net, SMALL, ["a", "b", "c"], "baseline", [])
     cfg = MakeCam(scales=[1.0, 0.5], batch_size=3, num_workers=0)
     dist = Distributed(num_workers=1, cpus_per_worker=1, use_gpu=False, max_failures=0, storage="unused")
     make_cams(records, tmp_path / "net", tmp_path / "cams", cfg, dist)
     ts = thresholds(0.05, 0.95, 0.05)
-    from_files = sweep(records, cam_predictions(tmp_path / "cams", "high_res", ts), len(ts), 3)
+    from_files = threshold_totals(records, cam_predictions(tmp_path / "cams", "high_res", ts), len(ts), 3)
     net.train()
     in_memory, cams = score_net(net, records, SimpleNamespace(name="voc12", class_names=["a", "b", "c"]), [1.0, 0.5], ts, batch_size=3)
     assert net.training, "the net goes back to training mode"

@@ -7,7 +7,10 @@ import torch
 import yaml
 
 from conftest import REPO, tiny_cam, tiny_world
-from pipeline.cam.ray_train import load_net, train
+from faults import dying_once
+from pipeline.cam import ray_train
+from pipeline.cam.ray_train import train
+from pipeline.nets.cam_net import load_cam_net
 from pipeline.data.prepare import render_splits
 from pipeline.params import validate
 
@@ -31,16 +34,16 @@ def test_two_worker_ddp_trains_reports_and_checkpoints(world):
     assert all(math.isfinite(row["loss"]) for row in history)
     checkpoints = [p for p in Path(params.distributed.storage, "ddp").glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 2  # one per epoch, the latest two kept
-    net, meta = load_net(root / "net")
+    net, meta = load_cam_net(root / "net")
     assert meta["kind"] == "baseline" and len(meta["history"]) == 3
     assert net(torch.rand(1, 3, 64, 64)).shape == (1, 6, 16, 16)
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(world):
+def test_a_killed_worker_resumes_from_the_last_checkpoint(world, monkeypatch):
     params, root = world
     marker = root / "worker-died"
-    history = train(params, "baseline", root / "data" / "train.parquet", root / "net-resumed", name="resume",
-                    fail_after_epoch=1, fail_marker=str(marker))
+    monkeypatch.setattr(ray_train, "train_worker", dying_once(ray_train.train_worker, after_epoch=1, marker=marker))
+    history = train(params, "baseline", root / "data" / "train.parquet", root / "net-resumed", name="resume")
     assert marker.exists(), "the worker was not killed"
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert [row["start_epoch"] for row in history] == [0, 1, 1]  # epochs 2 and 3 ran after resuming from epoch 1

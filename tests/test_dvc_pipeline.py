@@ -160,12 +160,12 @@ def test_stage_runs_are_tracked_under_one_parent(reproduced):
 
 
 def test_cam_stages_chain_nets_cams_and_scores(reproduced):
-    from pipeline.cam.infer import load_cam
-    from pipeline.cam.ray_train import load_net
+    from pipeline.data.cam_files import load_cam
+    from pipeline.nets.cam_net import load_cam_net
 
     root, _ = reproduced
-    baseline, meta = load_net(root / "artifacts" / "net_baseline")
-    clims, clims_meta = load_net(root / "artifacts" / "net_clims")
+    baseline, meta = load_cam_net(root / "artifacts" / "net_baseline")
+    clims, clims_meta = load_cam_net(root / "artifacts" / "net_clims")
     assert meta["kind"] == "baseline" and clims_meta["kind"] == "clims" and clims.classifier.bias is not None
     trained = json.loads((root / "metrics" / "train_clims.json").read_text())
     clip = json.loads((root / "metrics" / "clip.json").read_text())
@@ -184,7 +184,7 @@ def test_cam_stages_chain_nets_cams_and_scores(reproduced):
 
 def test_irn_stages_chain_ir_labels_boundary_net_and_pseudo_labels(reproduced):
     from pipeline.io import read_label
-    from pipeline.irn.net import load_boundary_net
+    from pipeline.nets.boundary import load_boundary_net
 
     root, _ = reproduced
     for record in read_manifest(root / "data" / "train.parquet"):
@@ -205,7 +205,7 @@ def test_irn_stages_chain_ir_labels_boundary_net_and_pseudo_labels(reproduced):
 
 
 def test_segmentation_stages_train_on_pseudo_labels_and_score_val(reproduced):
-    from pipeline.seg.net import load_seg_net
+    from pipeline.nets.deeplab import load_seg_net
 
     root, _ = reproduced
     net, meta = load_seg_net(root / "artifacts" / "net_seg")

@@ -5,9 +5,17 @@ import pytest
 import torch
 
 from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, path_affinities
-from pipeline.irn.crf import CrfConfig, crf_labels, pairwise_kernel
 from pipeline.irn.ir_label import ir_labels
 from pipeline.metrics import IGNORE
+from pipeline.ops.crf import crf_labels, pairwise_kernel
+from pipeline.params import CrfSection
+
+
+def crf_config(**changes) -> CrfSection:
+    """The reference's CRF settings with a 7-pixel window at full resolution, and `changes`."""
+    cfg = {"iterations": 10, "gaussian_sxy": 3.0, "gaussian_compat": 3.0, "bilateral_sxy": 50.0, "bilateral_srgb": 5.0,
+           "bilateral_compat": 10.0, "gt_prob": 0.7, "window": 7, "downsample": 1}
+    return CrfSection(**{**cfg, **changes})
 
 
 def _two_region_image(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,18 +38,18 @@ def test_crf_pulls_a_noisy_mask_onto_the_object_edges():
     noisy[:, 30:] = torch.roll(truth, 3, dims=1)[:, 30:]  # the right edge drawn 3 pixels too far out
     flips = torch.rand(48, 48, generator=gen) < 0.15
     noisy[flips] = 1 - noisy[flips]  # and 15 % of the pixels wrong
-    cfg = CrfConfig()
+    cfg = crf_config()
     refined = crf_labels(pairwise_kernel(image[None], cfg), noisy[None], 2, cfg)[0]
     assert _iou(noisy, truth) < 0.75
     assert _iou(refined, truth) > 0.95
     # without the bilateral (colour) term, the edge cannot be found
-    blind = CrfConfig(bilateral_compat=0.0)
+    blind = crf_config(bilateral_compat=0.0)
     assert _iou(crf_labels(pairwise_kernel(image[None], blind), noisy[None], 2, blind)[0], truth) < _iou(refined, truth)
 
 
 def test_crf_kernel_is_symmetric_normalised_and_local():
     image, _ = _two_region_image()
-    cfg = CrfConfig(window=2, gaussian_compat=1.0, bilateral_compat=0.0)  # the Gaussian alone
+    cfg = crf_config(window=2, gaussian_compat=1.0, bilateral_compat=0.0)  # the Gaussian alone
     kernel = pairwise_kernel(image[None], cfg)[0]  # (25, H, W)
     centre = kernel[:, 20, 20]
     raw = torch.tensor([math.exp(-(dy * dy + dx * dx) / 18) for dy in range(-2, 3) for dx in range(-2, 3)])
@@ -58,7 +66,7 @@ def test_ir_label_keeps_confident_parts_and_ignores_the_disagreement():
     cam = torch.zeros(1, 1, 48, 48)
     cam[0, 0][truth.bool()] = 0.9  # strong on the object
     cam[0, 0, :, :8] = 0.2  # faint on a strip of background: object for bg 0.10, not for fg 0.30
-    cfg = CrfConfig(bilateral_compat=0.0, gaussian_compat=0.0)  # no smoothing: the thresholds alone
+    cfg = crf_config(bilateral_compat=0.0, gaussian_compat=0.0)  # no smoothing: the thresholds alone
     label = ir_labels(image[None], cam, 0.30, 0.10, cfg)[0]
     assert torch.equal(label[truth.bool()], torch.ones(int(truth.sum()), dtype=label.dtype))
     assert (label[:, :8][~truth[:, :8].bool()] == IGNORE).all()
@@ -103,11 +111,11 @@ def test_the_affinity_loss_teaches_a_boundary_between_different_labels():
 
 
 def test_boundary_net_gives_a_stride4_map_from_a_frozen_backbone(tmp_path):
-    from pipeline.cam.nets import small_resnet
-    from pipeline.irn.net import BoundaryNet, boundary_map, load_boundary_net, save_boundary_net
-    from pipeline.params import Backbone
+    from pipeline.nets.backbone import small_resnet
+    from pipeline.nets.boundary import BoundaryNet, boundary_map, load_boundary_net, save_boundary_net
+    from pipeline.params import BackboneSection
 
-    cfg = Backbone(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
+    cfg = BackboneSection(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
     torch.manual_seed(0)
     net = BoundaryNet(small_resnet(cfg.widths, cfg.blocks, cfg.strides), side_channels=8)
     before = {k: v.clone() for k, v in net.backbone.state_dict().items()}

@@ -5,7 +5,7 @@ from PIL import Image
 
 from conftest import REPO, run_stage
 from miniature_data import MODES, scene, voc_tree
-from pipeline.cam.data import load_image
+from pipeline.data.images import load_image
 from pipeline.config import compose
 from pipeline.data.manifest import read_manifest
 from pipeline.data.prepare import prepare_splits

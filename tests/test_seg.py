@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.cam.nets import small_resnet
 from pipeline.metrics import IGNORE
-from pipeline.params import Backbone
+from pipeline.nets.backbone import small_resnet
+from pipeline.nets.deeplab import build_seg_net, load_seg_net, save_seg_net
+from pipeline.params import BackboneSection
 from pipeline.seg.evaluate import multiscale_probabilities
-from pipeline.seg.net import build_seg_net, load_seg_net, save_seg_net
 from pipeline.seg.train import balanced_cross_entropy, seg_step
 
-BACKBONE = Backbone(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
+BACKBONE = BackboneSection(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
 
 
 def _net():

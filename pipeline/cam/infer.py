@@ -1,4 +1,5 @@
-"""Multi-scale CAM inference (the reference's make_cam) and the per-image CAM files.
+"""Multi-scale CAM inference (the reference's make_cam), written as the per-image CAM files of
+pipeline.data.cam_files.
 
 For each scale the image and its mirror go through the net; the ReLU of the per-pixel logits
 is resized to the stride-4 grid ('cam', for the random walk) and to full resolution
@@ -8,22 +9,18 @@ CLIMS losses trained, evaluated alongside the CAM.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from pipeline.cam.nets import CamNet, upsample
+from pipeline.data.cam_files import cam_path, save_cam, stride_size
+from pipeline.data.images import load_image
 from pipeline.data.manifest import ImageRecord, same_shape_batches
-from pipeline.io import NET_WEIGHTS, atomic_path, file_digest, resume_folder
-
-CAM_STRIDE = 4
-
-
-def stride_size(height: int, width: int) -> tuple[int, int]:
-    return math.ceil(height / CAM_STRIDE), math.ceil(width / CAM_STRIDE)
+from pipeline.io import NET_WEIGHTS, file_digest, resume_folder
+from pipeline.nets.cam_net import CamNet, load_cam_net
+from pipeline.ops.maps import upsample
 
 
 @torch.no_grad()
@@ -61,24 +58,8 @@ def select_classes(maps: dict[str, torch.Tensor], class_ids: tuple[int, ...]) ->
     }
 
 
-def cam_path(folder: str | Path, image_id: str) -> Path:
-    return Path(folder) / f"{image_id}.npz"
-
-
-def save_cam(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
-def load_cam(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
-
-
 def image_cams(net: CamNet, records: list[ImageRecord], scales: list[float], batch_size: int) -> Iterator[list[tuple]]:
     """Per batch of same-shape images: (record, its CAM file's arrays) for each image of it."""
-    from pipeline.cam.data import load_image
-
     device = next(net.parameters()).device
     for batch in same_shape_batches(records, batch_size):
         images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
@@ -90,10 +71,8 @@ def image_cams(net: CamNet, records: list[ImageRecord], scales: list[float], bat
 def cam_shard(records: list[ImageRecord], net_dir: str, out: str, scales: list[float], batch_size: int,
               use_gpu: bool = False) -> int:
     """Write the CAM file of every record not done yet; returns how many were written."""
-    from pipeline.cam.ray_train import load_net
-
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    net, _ = load_net(net_dir, device)
+    net, _ = load_cam_net(net_dir, device)
     todo = [r for r in records if not cam_path(out, r.image_id).is_file()]
     for batch in image_cams(net, todo, scales, batch_size):
         for record, arrays in batch:
@@ -103,10 +82,9 @@ def cam_shard(records: list[ImageRecord], net_dir: str, out: str, scales: list[f
 
 def make_cams(records: list[ImageRecord], net_dir: Path, out: Path, cfg, dist) -> int:
     """CAMs for all records, sharded over `cfg.num_workers` Ray tasks; a rerun skips done images."""
-    from pipeline.cam.ray_train import load_net
     from pipeline.distributed import map_shards
 
-    load_net(net_dir)  # a missing or broken net stops here, before the output folder exists
+    load_cam_net(net_dir)  # a missing or broken net stops here, before the output folder exists
     resume_folder(out, {"weights_sha256": file_digest(Path(net_dir) / NET_WEIGHTS), "scales": list(cfg.scales)})
     written = map_shards(cam_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(out.resolve()),
                          list(cfg.scales), cfg.batch_size, dist.use_gpu, cpus=dist.cpus_per_worker)

@@ -23,22 +23,14 @@ with a gradient everywhere, and CBS still fires on the cosine test s > tau.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.params import LossWeights
+
 CLAMP = (1e-4, 0.9999)
 TERMS = ("otm", "btm", "cbs", "reg")
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    otm: float
-    btm: float
-    cbs: float
-    reg: float
 
 
 def _neg_log(x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""CAM training without Ray: the optimiser and schedule of the reference, the baseline and CLIMS
-training steps. pipeline.cam.ray_train runs them on Ray Train (pipeline.train_loop); tests and
-GPU benchmarks call them directly.
+"""CAM training without Ray: the optimiser of the reference, the CLIMS loss built from the
+params and the frozen CLIP, the baseline and CLIMS training steps. pipeline.cam.ray_train runs
+them on Ray Train (pipeline.train_loop); tests and GPU benchmarks call them directly.
 """
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.cam.losses import ClimsLoss
-from pipeline.cam.nets import CamNet, image_logits
+from pipeline.errors import UserError
+from pipeline.nets.cam_net import CamNet, image_logits
+from pipeline.params import Params
 
 
 def make_optimizer(net: CamNet, cfg) -> torch.optim.SGD:
@@ -29,3 +31,29 @@ def clims_step(net: CamNet, loss_fn: ClimsLoss, images: torch.Tensor, labels: to
     terms = loss_fn(images, masks, labels)
     terms["mask_mean"] = masks.detach().mean()
     return terms
+
+
+def clims_loss_from(params: Params, clip, texts: dict, tau: float) -> ClimsLoss:
+    """The CLIMS loss of the `clims_loss` section, with the frozen CLIP and its cached text
+    embeddings (pipeline.clip.model.load_clip)."""
+    cfg = params.clims_loss
+    return ClimsLoss(clip, texts["class_embeddings"], texts["background_embeddings"], cfg.weights, cfg.variant, tau,
+                     class_prompt_mask(params, texts["background_names"]),
+                     score=clip_sigmoid(clip) if cfg.score == "clip_sigmoid" else None)
+
+
+def clip_sigmoid(clip) -> tuple[float, float]:
+    """(scale, bias) of a sigmoid-trained CLIP: its probability that a prompt's concept is visible."""
+    bias = getattr(clip.model, "logit_bias", None)
+    if bias is None:
+        raise UserError("clims_loss.score: clip_sigmoid needs a CLIP trained with a sigmoid loss (it has no logit_bias); use cosine")
+    return float(clip.model.logit_scale.exp()), float(bias)
+
+
+def class_prompt_mask(params: Params, background_names: list[str]) -> torch.Tensor:
+    """(C, B) booleans: which background prompts are each class's own (camera-ready CBS)."""
+    mask = torch.zeros(len(params.dataset.class_names), len(background_names), dtype=torch.bool)
+    for name, prompts in (params.clims_loss.class_backgrounds or {}).items():
+        for prompt in prompts:
+            mask[params.dataset.class_names.index(name), background_names.index(prompt)] = True
+    return mask

@@ -10,18 +10,15 @@ from pathlib import Path
 import torch
 
 from pipeline.clip import model as clip_model
-from pipeline.clip import train as clip_train
-from pipeline.clip import views as clip_views
 from pipeline.clip.probes import clip_report, dataset_report
 from pipeline.clip.train import train_tiny_clip
 from pipeline.clip.views import BACKGROUND_FRAMES, render_pool
+from pipeline.codedeps import code_digest
 from pipeline.data.prepare import world_spec
-from pipeline.data import synthetic
 from pipeline.data.real import split_records
-from pipeline.io import file_digest
 from pipeline.params import Params
 
-TRAINING_CODE = (clip_model, clip_train, clip_views, synthetic)  # a change retrains the tiny CLIP
+TRAINING_CODE = "pipeline.clip.train"  # a change of it or of anything it imports retrains the tiny CLIP
 
 
 def prompts(template: str, names: list[str]) -> list[str]:
@@ -56,7 +53,7 @@ def _tiny_clip(params: Params, previous: Path | None, log_loss) -> tuple[torch.n
     spec = world_spec(params.dataset, cfg.train.cooccurrence)
     world_prompts = prompts(params.dataset.prompt_template, list(spec.classes) + list(spec.backgrounds))
     trained_from = {"clip": cfg.model_dump(mode="json"), "world": dataclasses.asdict(spec), "prompts": world_prompts,
-                    "code": {Path(m.__file__).name: file_digest(m.__file__) for m in TRAINING_CODE}}
+                    "code": code_digest(TRAINING_CODE)}
     meta["trained_from"] = json.loads(json.dumps(trained_from))  # as clip.json will read back (tuples as lists)
     before = _trained_before(previous, meta["trained_from"])
     if before:

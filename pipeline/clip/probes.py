@@ -127,7 +127,7 @@ def dataset_report(clip: FrozenClip, records: list, class_texts: torch.Tensor, b
     - cos_background_p50 / cos_background_p99: cosines of whole images with the background
       prompts, the scale on which CBS's tau sits (the reference: 0.26 on VOC with ViT-B/32).
     """
-    from pipeline.cam.data import load_image
+    from pipeline.data.images import load_image
 
     records = [r for r in records if r.class_ids]
     size = clip.image_size

@@ -21,6 +21,7 @@ from PIL import Image
 
 from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
+from pipeline.layout import TRAIN, TRAIN_EVAL, VAL, repo_root
 from pipeline.metrics import IGNORE
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -101,8 +102,6 @@ READERS = {"voc12": voc_records, "coco14": coco_records}
 
 def dataset_root(dataset) -> Path:
     """dataset.root, relative paths taken from the repository root."""
-    from pipeline.tracking import repo_root
-
     return repo_root() / Path(dataset.root).expanduser()
 
 
@@ -114,8 +113,6 @@ def split_records(dataset, split: str, limit: int | None = None) -> list[ImageRe
 def read_splits(dataset) -> tuple[dict[str, list[ImageRecord]], dict[str, float]]:
     """The three manifests' records (layout.TRAIN, TRAIN_EVAL, VAL) of a real dataset and their
     figures; the evaluated images must be training images (their CAMs are made with the rest)."""
-    from pipeline.layout import TRAIN, TRAIN_EVAL, VAL
-
     splits = {TRAIN: dataset.train_split, TRAIN_EVAL: dataset.eval_split, VAL: dataset.val_split}
     read = {split: split_records(dataset, split) for split in dict.fromkeys(splits.values())}  # each split once
     records = {role: read[split] for role, split in splits.items()}

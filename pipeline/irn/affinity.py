@@ -5,12 +5,11 @@ trains the boundary net from IR labels.
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.metrics import IGNORE
+from pipeline.ops.maps import shift
 
 
 def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
@@ -33,23 +32,6 @@ def path_points(dy: int, dx: int) -> list[tuple[int, int]]:
             for cx in {math.floor(x + 0.5), math.ceil(x - 0.5)}:
                 cells.add((cy, cx))
     return sorted(cells)
-
-
-def shift(maps: torch.Tensor, dy: int, dx: int, fill: float = 0.0) -> torch.Tensor:
-    """out[..., y, x] = maps[..., y + dy, x + dx] (fill outside the grid)."""
-    height, width = maps.shape[-2:]
-    padded = F.pad(maps, (abs(dx), abs(dx), abs(dy), abs(dy)), value=fill)
-    return padded[..., abs(dy) + dy : abs(dy) + dy + height, abs(dx) + dx : abs(dx) + dx + width]
-
-
-def shifted_views(maps: torch.Tensor, offsets: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
-    """shift(maps, dy, dx) for each offset, as views of one zero-padded copy. Accumulating
-    these one by one is several times faster than one unfolded (..., |D|, H, W) tensor."""
-    height, width = maps.shape[-2:]
-    pad = max((max(abs(dy), abs(dx)) for dy, dx in offsets), default=0)
-    padded = F.pad(maps, (pad, pad, pad, pad))
-    for dy, dx in offsets:
-        yield padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width]
 
 
 def path_affinities(boundary: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:

@@ -13,23 +13,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cam.data import load_image
-from pipeline.cam.infer import cam_path, load_cam
+from pipeline.data.cam_files import cam_path, load_cam
+from pipeline.data.images import load_image
 from pipeline.data.manifest import ImageRecord, same_shape_batches
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, file_digest, label_png_path, read_label, resume_folder, save_label_png
-from pipeline.irn.crf import CrfConfig, crf_labels, pairwise_kernel
 from pipeline.metrics import IGNORE, confusion, miou
+from pipeline.ops.crf import crf_labels, pairwise_kernel
+from pipeline.params import CrfSection
 
 
-def confident_labels(kernel: torch.Tensor, cams: torch.Tensor, threshold: float, crf: CrfConfig) -> torch.Tensor:
+def confident_labels(kernel: torch.Tensor, cams: torch.Tensor, threshold: float, crf: CrfSection) -> torch.Tensor:
     """(N, H, W) labels in 0..K (0 = background, k = the k-th CAM) from CAMs (N, K, H, W) padded
     with `threshold` as the background score, refined by the CRF (the images' pairwise kernel)."""
     padded = torch.cat([torch.full_like(cams[:, :1], threshold), cams], 1)
     return crf_labels(kernel, padded.argmax(1), cams.shape[1] + 1, crf)
 
 
-def ir_labels(images: torch.Tensor, cams: torch.Tensor, fg_threshold: float, bg_threshold: float, crf: CrfConfig) -> torch.Tensor:
+def ir_labels(images: torch.Tensor, cams: torch.Tensor, fg_threshold: float, bg_threshold: float, crf: CrfSection) -> torch.Tensor:
     """IR labels (N, H, W) in 0..K or IGNORE, from images (N, 3, H, W) in 0..255."""
     kernel = pairwise_kernel(images, crf)
     fg = confident_labels(kernel, cams, fg_threshold, crf)
@@ -38,18 +39,17 @@ def ir_labels(images: torch.Tensor, cams: torch.Tensor, fg_threshold: float, bg_
 
 
 def ir_label_shard(records: list[ImageRecord], cam_folder: str, out: str, fg_threshold: float, bg_threshold: float,
-                   crf: dict, batch_size: int, use_gpu: bool = False) -> int:
+                   crf: CrfSection, batch_size: int, use_gpu: bool = False) -> int:
     """Write the IR label of every record not done yet (images of one size and class count are
     refined together); returns how many were written."""
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     torch.set_flush_denormal(True)  # the CRF's tiny kernel values as denormals slow a CPU down ~5x
-    crf_cfg = CrfConfig(**crf)
     todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
     for batch in same_shape_batches(todo, batch_size):
         cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
         images = torch.stack([load_image(r.image_path) * 255 for r in batch]).to(device)
         maps = torch.stack([torch.from_numpy(c["high_res"].astype(np.float32)) for c in cams]).to(device)
-        labels = ir_labels(images, maps, fg_threshold, bg_threshold, crf_cfg).cpu().numpy()
+        labels = ir_labels(images, maps, fg_threshold, bg_threshold, crf).cpu().numpy()
         for record, cam, label in zip(batch, cams, labels):
             class_of = np.full(256, IGNORE, np.uint8)  # CAM index -> class id; IGNORE stays
             class_of[: len(cam["class_ids"]) + 1] = [0, *cam["class_ids"]]
@@ -68,7 +68,7 @@ def make_ir_labels(records: list[ImageRecord], cam_folder: Path, out: Path, cfg,
     resume_folder(out, {"cams": file_digest(cam_folder / "source.json"), "crf": crf.model_dump(),
                         **cfg.model_dump(exclude={"num_workers", "batch_size"})})
     written = map_shards(ir_label_shard, records, cfg.num_workers, dist.use_gpu, str(cam_folder.resolve()), str(out.resolve()),
-                         cfg.fg_threshold, cfg.bg_threshold, crf.model_dump(), cfg.batch_size, dist.use_gpu,
+                         cfg.fg_threshold, cfg.bg_threshold, crf, cfg.batch_size, dist.use_gpu,
                          cpus=dist.cpus_per_worker)
     return sum(written)
 

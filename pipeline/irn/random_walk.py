@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.irn.affinity import neighbour_offsets, path_affinities, shift, shifted_views
+from pipeline.irn.affinity import neighbour_offsets, path_affinities
+from pipeline.ops.maps import shift, shifted_views
 
 
 def incoming_weights(boundary: torch.Tensor, radius: int, beta: float) -> tuple[list[tuple[int, int]], torch.Tensor]:

@@ -9,18 +9,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.cam.data import load_image
-from pipeline.cam.infer import CAM_STRIDE, cam_path, load_cam
+from pipeline.data.cam_files import CAM_STRIDE, cam_path, load_cam
+from pipeline.data.images import load_image
 from pipeline.data.manifest import ImageRecord, same_shape_batches
 from pipeline.errors import UserError
 from pipeline.io import NET_WEIGHTS, atomic_path, file_digest, label_png_path, resume_folder, save_label_png
-from pipeline.irn.crf import CrfConfig, crf_labels, pairwise_kernel
-from pipeline.irn.net import BoundaryNet, boundary_map
 from pipeline.irn.random_walk import propagate
+from pipeline.nets.boundary import BoundaryNet, boundary_map, load_boundary_net
+from pipeline.ops.crf import crf_labels, pairwise_kernel
+from pipeline.params import CrfSection, MakeSemSeg
 
 
 @torch.no_grad()
-def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg, crf: CrfConfig | None = None) -> torch.Tensor:
+def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg: MakeSemSeg,
+                crf: CrfSection | None = None) -> torch.Tensor:
     """Label indices (N, H, W) in 0..K (0 = background) for images (N, 3, H, W) in [0, 1] and
     their stride-4 CAMs (N, K, h, w); `cfg`: radius, beta, exp_times, damp_boundary, bg_threshold.
     With `crf`, the walked labels are refined by the dense CRF on the image."""
@@ -36,29 +38,23 @@ def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg,
     return crf_labels(pairwise_kernel(images * 255, crf), labels, cams.shape[1] + 1, crf)
 
 
-def sem_seg_shard(records: list[ImageRecord], net_dir: str, cam_folder: str, out: str, cfg: dict, crf: dict,
+def sem_seg_shard(records: list[ImageRecord], net_dir: str, cam_folder: str, out: str, cfg: MakeSemSeg, crf: CrfSection,
                   use_gpu: bool = False) -> int:
     """Write the pseudo label of every record not done yet (images of one size and class count
     walk together); returns how many were written."""
-    from types import SimpleNamespace
-
-    from pipeline.irn.net import load_boundary_net
-
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     torch.set_flush_denormal(True)  # see ir_label_shard
     net, _ = load_boundary_net(net_dir, device)
-    walk = SimpleNamespace(**cfg)
-    crf_cfg = CrfConfig(**crf) if walk.crf else None
     todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
-    for batch in same_shape_batches(todo, walk.batch_size):
+    for batch in same_shape_batches(todo, cfg.batch_size):
         cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
-        for record, cam, label in zip(batch, cams, _labels(net, batch, cams, walk, crf_cfg, device)):
+        for record, cam, label in zip(batch, cams, _labels(net, batch, cams, cfg, crf if cfg.crf else None, device)):
             with atomic_path(label_png_path(out, record.image_id)) as tmp:
                 save_label_png(tmp, np.asarray([0, *cam["class_ids"]], np.uint8)[label])
     return len(todo)
 
 
-def _labels(net, batch: list[ImageRecord], cams: list[dict], walk, crf: CrfConfig | None, device) -> np.ndarray:
+def _labels(net, batch: list[ImageRecord], cams: list[dict], walk: MakeSemSeg, crf: CrfSection | None, device) -> np.ndarray:
     images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
     if not batch[0].class_ids:  # nothing to walk: all background
         return np.zeros((len(batch), *images.shape[-2:]), np.int64)
@@ -69,7 +65,6 @@ def _labels(net, batch: list[ImageRecord], cams: list[dict], walk, crf: CrfConfi
 def make_sem_seg(records: list[ImageRecord], net_dir: Path, cam_folder: Path, out: Path, cfg, crf, dist) -> int:
     """Pseudo labels for all records, sharded over `cfg.num_workers` Ray tasks; a rerun skips done images."""
     from pipeline.distributed import map_shards
-    from pipeline.irn.net import load_boundary_net
 
     load_boundary_net(net_dir)  # a missing net stops here, before the output folder exists
     missing = [r.image_id for r in records if not cam_path(cam_folder, r.image_id).is_file()]
@@ -78,6 +73,6 @@ def make_sem_seg(records: list[ImageRecord], net_dir: Path, cam_folder: Path, ou
     resume_folder(out, {"irn_sha256": file_digest(net_dir / NET_WEIGHTS), "cams": file_digest(cam_folder / "source.json"),
                         "crf": crf.model_dump() if cfg.crf else None, **cfg.model_dump(exclude={"num_workers", "batch_size"})})
     written = map_shards(sem_seg_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(cam_folder.resolve()),
-                         str(out.resolve()), cfg.model_dump(exclude={"num_workers"}), crf.model_dump(), dist.use_gpu,
+                         str(out.resolve()), cfg, crf, dist.use_gpu,
                          cpus=dist.cpus_per_worker)
     return sum(written)

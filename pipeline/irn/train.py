@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.cam.data import LabelMapTrainSet
-from pipeline.cam.infer import stride_size
-from pipeline.cam.ray_train import backbone_from
+from pipeline.data.cam_files import stride_size
 from pipeline.data.manifest import read_manifest
+from pipeline.data.training_sets import LabelMapTrainSet
 from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, path_affinities
-from pipeline.irn.net import BoundaryNet, save_boundary_net
+from pipeline.nets.boundary import BoundaryNet, save_boundary_net
+from pipeline.nets.cam_net import backbone_from
 from pipeline.params import Params
-from pipeline.train_loop import Setup, fit_on_label_maps, ray_worker
+from pipeline.train_loop import Setup, TrainJob, fit_on_label_maps, ray_worker
 
 
 class IrnTrainSet(LabelMapTrainSet):
@@ -39,28 +39,24 @@ def boundary_step(net: BoundaryNet, images: torch.Tensor, grid_labels: torch.Ten
     return terms
 
 
-def irn_setup(params: Params, config: dict, device) -> Setup:
-    cfg = params.train_irn
-    net = BoundaryNet(backbone_from(params, config["init_net"]), cfg.side_channels).to(device)
+def irn_setup(job: TrainJob, device) -> Setup:
+    cfg = job.params.train_irn
+    net = BoundaryNet(backbone_from(job.params.backbone, job.init_net), cfg.side_channels).to(device)
     optimizer = torch.optim.SGD(net.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    dataset = IrnTrainSet(read_manifest(config["manifest"]), config["labels"], cfg.crop_size, tuple(cfg.long_side))
-    return Setup(net, partial(boundary_step, offsets=forward_offsets(cfg.radius)), optimizer, dataset, cfg)
+    dataset = IrnTrainSet(read_manifest(job.manifest), job.labels, cfg.crop_size, tuple(cfg.long_side))
+    return Setup(net, partial(boundary_step, offsets=forward_offsets(cfg.radius)), optimizer, dataset)
 
 
 def irn_worker(config: dict) -> None:
     ray_worker(config, irn_setup)
 
 
-TRAINING_CODE = ("irn/train.py", "irn/net.py", "irn/affinity.py", "cam/data.py", "cam/ray_train.py", "train_loop.py", "distributed.py", "params.py")
-
-
 def train_irn(params: Params, manifest: Path, ir_labels: Path, out: Path, init_net: Path | None = None,
-              name: str | None = None, **extra) -> list[dict]:
+              name: str | None = None) -> list[dict]:
     """Train the boundary net on Ray Train and export it into `out`; returns the per-epoch history."""
     cfg = params.train_irn
-    state = fit_on_label_maps(irn_worker, params, "train_irn", "make_ir_label", manifest, ir_labels, init_net,
-                              TRAINING_CODE, name, **extra)
-    net = BoundaryNet(backbone_from(params, init_net), cfg.side_channels)
+    state = fit_on_label_maps(irn_worker, params, "train_irn", "make_ir_label", manifest, ir_labels, init_net, name)
+    net = BoundaryNet(backbone_from(params.backbone, init_net), cfg.side_channels)
     net.load_state_dict(state["model"])
     save_boundary_net(out, net, params.backbone, cfg.side_channels, state["history"])
     return state["history"]

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from pipeline.cam.data import load_image
-from pipeline.cam.nets import upsample
+from pipeline.data.images import load_image
 from pipeline.data.manifest import ImageRecord, same_shape_batches
-from pipeline.irn.crf import CrfConfig, mean_field, pairwise_kernel
+from pipeline.ops.crf import mean_field, pairwise_kernel
+from pipeline.ops.maps import upsample
+from pipeline.params import CrfSection
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def multiscale_probabilities(net, images: torch.Tensor, scales: list[float]) -> 
 
 
 def predict_labels(net, records: list[ImageRecord], scales: list[float], batch_size: int,
-                   crf: CrfConfig | None = None, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+                   crf: CrfSection | None = None, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """image_id -> predicted label map (H, W) of class ids."""
     predictions = {}
     for batch in same_shape_batches(records, batch_size):

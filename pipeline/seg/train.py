@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.cam.data import LabelMapTrainSet
-from pipeline.cam.ray_train import backbone_from
 from pipeline.data.manifest import read_manifest
+from pipeline.data.training_sets import LabelMapTrainSet
 from pipeline.metrics import IGNORE
+from pipeline.nets.cam_net import backbone_from
+from pipeline.nets.deeplab import build_seg_net, parameter_groups, save_seg_net
 from pipeline.params import Params
-from pipeline.seg.net import build_seg_net, parameter_groups, save_seg_net
-from pipeline.train_loop import Setup, fit_on_label_maps, ray_worker
+from pipeline.train_loop import Setup, TrainJob, fit_on_label_maps, ray_worker
 
 
 def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -32,31 +32,27 @@ def seg_step(net, images: torch.Tensor, labels: torch.Tensor, balanced: bool) ->
     return {"loss": loss}
 
 
-def seg_setup(params: Params, config: dict, device) -> Setup:
-    cfg = params.train_seg
-    net = build_seg_net(backbone_from(params, config["init_net"]), len(params.dataset.class_names) + 1,
+def seg_setup(job: TrainJob, device) -> Setup:
+    params, cfg = job.params, job.params.train_seg
+    net = build_seg_net(backbone_from(params.backbone, job.init_net), len(params.dataset.class_names) + 1,
                         cfg.atrous_rates, cfg.head_width).to(device)
     backbone, head = parameter_groups(net)
     optimizer = torch.optim.SGD([{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}],
                                 lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    dataset = LabelMapTrainSet(read_manifest(config["manifest"]), config["labels"], cfg.crop_size, tuple(cfg.long_side))
-    return Setup(net, partial(seg_step, balanced=cfg.loss == "balanced"), optimizer, dataset, cfg)
+    dataset = LabelMapTrainSet(read_manifest(job.manifest), job.labels, cfg.crop_size, tuple(cfg.long_side))
+    return Setup(net, partial(seg_step, balanced=cfg.loss == "balanced"), optimizer, dataset)
 
 
 def seg_worker(config: dict) -> None:
     ray_worker(config, seg_setup)
 
 
-TRAINING_CODE = ("seg/train.py", "seg/net.py", "cam/data.py", "cam/ray_train.py", "train_loop.py", "distributed.py", "params.py")
-
-
 def train_seg(params: Params, manifest: Path, labels: Path, out: Path, init_net: Path | None = None,
-              name: str | None = None, **extra) -> list[dict]:
+              name: str | None = None) -> list[dict]:
     """Train DeepLabV3 on the pseudo labels on Ray Train and export it; returns the per-epoch history."""
     cfg = params.train_seg
-    state = fit_on_label_maps(seg_worker, params, "train_seg", "make_sem_seg", manifest, labels, init_net,
-                              TRAINING_CODE, name, **extra)
-    net = build_seg_net(backbone_from(params, init_net), len(params.dataset.class_names) + 1,
+    state = fit_on_label_maps(seg_worker, params, "train_seg", "make_sem_seg", manifest, labels, init_net, name)
+    net = build_seg_net(backbone_from(params.backbone, init_net), len(params.dataset.class_names) + 1,
                         cfg.atrous_rates, cfg.head_width)
     net.load_state_dict(state["model"])
     head = {"rates": list(cfg.atrous_rates), "width": cfg.head_width}

@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 
-from pipeline.cam.nets import IMAGENET_MEAN, IMAGENET_STD, Backbone, build_backbone
 from pipeline.io import read_net_folder, save_net_folder
-from pipeline.params import Backbone as BackboneConfig
+from pipeline.nets.backbone import Backbone, ImageNetNormalise, build_backbone
+from pipeline.params import BackboneSection
+
 
 class _Features(nn.Module):
     """DeepLabV3 reads the backbone's output from a dict; the nets take images in [0, 1]."""
@@ -26,11 +27,10 @@ class _Features(nn.Module):
     def __init__(self, backbone: Backbone):
         super().__init__()
         self.body = backbone
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalise = ImageNetNormalise()
 
     def forward(self, images01: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.body((images01 - self.mean) / self.std)}
+        return {"out": self.body(self.normalise(images01))}
 
 
 def deeplab_head(in_channels: int, num_classes: int, rates: list[int], width: int) -> nn.Sequential:
@@ -52,13 +52,13 @@ def parameter_groups(net: DeepLabV3) -> tuple[list, list]:
     return list(net.backbone.parameters()), list(net.classifier.parameters())
 
 
-def save_seg_net(folder: Path, net: DeepLabV3, backbone: BackboneConfig, class_names: list[str], head: dict, history: list[dict]) -> None:
+def save_seg_net(folder: Path, net: DeepLabV3, backbone: BackboneSection, class_names: list[str], head: dict, history: list[dict]) -> None:
     save_net_folder(folder, net, {"backbone": backbone.model_dump(), "class_names": class_names, "head": head, "history": history})
 
 
 def load_seg_net(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DeepLabV3, dict]:
     state, meta = read_net_folder(folder, "no trained segmentation net here (run train_seg first)")
-    backbone = build_backbone(BackboneConfig.model_validate(meta["backbone"]).model_copy(update={"weights": None}))
+    backbone = build_backbone(BackboneSection.model_validate(meta["backbone"]).model_copy(update={"weights": None}))
     net = build_seg_net(backbone, len(meta["class_names"]) + 1, meta["head"]["rates"], meta["head"]["width"])
     net.load_state_dict(state)
     return net.to(device).eval(), meta

@@ -12,30 +12,18 @@ images.
 
 As in pydensecrf's defaults, each kernel is normalised symmetrically (k_ij / sqrt(n_i n_j),
 n_i = sum_j k_ij), Potts compatibilities weight the kernels, and the unary comes from a hard
-label map with probability `gt_prob` on the given label.
+label map with probability `gt_prob` on the given label. Its settings are the params section
+`crf` (pipeline.params.CrfSection).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.irn.affinity import shifted_views
-
-
-@dataclass(frozen=True)
-class CrfConfig:
-    iterations: int = 10
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 50.0
-    bilateral_srgb: float = 5.0
-    bilateral_compat: float = 10.0
-    gt_prob: float = 0.7
-    window: int = 7  # the window's half-width w, in (downsampled) pixels
-    downsample: int = 1
+from pipeline.ops.maps import shifted_views
+from pipeline.params import CrfSection
 
 
 def unary_from_labels(labels: torch.Tensor, num_labels: int, gt_prob: float) -> torch.Tensor:
@@ -52,7 +40,7 @@ def _window(w: int) -> list[tuple[int, int]]:
     return [(dy, dx) for dy in range(-w, w + 1) for dx in range(-w, w + 1)]
 
 
-def pairwise_kernel(image: torch.Tensor, cfg: CrfConfig) -> torch.Tensor:
+def pairwise_kernel(image: torch.Tensor, cfg: CrfSection) -> torch.Tensor:
     """(N, 3, H, W) image in 0..255 -> (N, (2w+1)^2, h, w): compat-weighted, symmetrically
     normalised Gaussian + bilateral kernel between each pixel and each window position (0 at the
     centre and outside the image), at the message resolution (H, W) / cfg.downsample."""
@@ -78,7 +66,7 @@ def pairwise_kernel(image: torch.Tensor, cfg: CrfConfig) -> torch.Tensor:
     return kernel
 
 
-def mean_field(unary: torch.Tensor, kernel: torch.Tensor, cfg: CrfConfig) -> torch.Tensor:
+def mean_field(unary: torch.Tensor, kernel: torch.Tensor, cfg: CrfSection) -> torch.Tensor:
     """Marginals Q (N, L, H, W) after `cfg.iterations` mean-field updates
     Q = softmax(-unary + sum_j k_ij Q_j) (Potts model), with the image's `pairwise_kernel`."""
     d = cfg.downsample
@@ -94,7 +82,7 @@ def mean_field(unary: torch.Tensor, kernel: torch.Tensor, cfg: CrfConfig) -> tor
     return q
 
 
-def crf_labels(kernel: torch.Tensor, labels: torch.Tensor, num_labels: int, cfg: CrfConfig) -> torch.Tensor:
+def crf_labels(kernel: torch.Tensor, labels: torch.Tensor, num_labels: int, cfg: CrfSection) -> torch.Tensor:
     """Refine hard label maps (N, H, W) in [0, num_labels) with their images' `pairwise_kernel`."""
     if num_labels < 2:
         return labels.clone()

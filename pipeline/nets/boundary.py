@@ -13,10 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.cam.infer import stride_size
-from pipeline.cam.nets import IMAGENET_MEAN, IMAGENET_STD, Backbone, build_backbone
+from pipeline.data.cam_files import stride_size
 from pipeline.io import read_net_folder, save_net_folder
-from pipeline.params import Backbone as BackboneConfig
+from pipeline.nets.backbone import Backbone, ImageNetNormalise, build_backbone
+from pipeline.params import BackboneSection
+
 
 def backbone_stages(backbone: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
     """The outputs of the stem and of each of the four layers."""
@@ -37,14 +38,13 @@ class BoundaryNet(nn.Module):
             for c in channels
         )
         self.fuse = nn.Conv2d(side_channels * len(channels), 1, 1)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalise = ImageNetNormalise()
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         """Boundary logits (N, 1, ceil(H/4), ceil(W/4)) of images (N, 3, H, W) in [0, 1]."""
         grid = stride_size(*images01.shape[-2:])
         with torch.no_grad():  # frozen features, as in IRN
-            features = backbone_stages(self.backbone, (images01 - self.mean) / self.std)
+            features = backbone_stages(self.backbone, self.normalise(images01))
         sides = [F.interpolate(side(f), size=grid, mode="bilinear", align_corners=False) for side, f in zip(self.sides, features)]
         return self.fuse(torch.cat(sides, 1))
 
@@ -66,13 +66,13 @@ def boundary_map(net: BoundaryNet, images01: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid((direct + mirrored) / 2)
 
 
-def save_boundary_net(folder: Path, net: BoundaryNet, backbone: BackboneConfig, side_channels: int, history: list[dict]) -> None:
+def save_boundary_net(folder: Path, net: BoundaryNet, backbone: BackboneSection, side_channels: int, history: list[dict]) -> None:
     save_net_folder(folder, net, {"backbone": backbone.model_dump(), "side_channels": side_channels, "history": history})
 
 
 def load_boundary_net(folder: str | Path, device: str | torch.device = "cpu") -> tuple[BoundaryNet, dict]:
     state, meta = read_net_folder(folder, "no trained IRN here (run train_irn first)")
-    backbone = BackboneConfig.model_validate(meta["backbone"]).model_copy(update={"weights": None})
+    backbone = BackboneSection.model_validate(meta["backbone"]).model_copy(update={"weights": None})
     net = BoundaryNet(build_backbone(backbone), meta["side_channels"])
     net.load_state_dict(state)
     return net.to(device).eval(), meta

@@ -1,9 +1,6 @@
-"""CAM networks: a ResNet backbone with a per-pixel 1x1 classifier.
-
-The baseline net is trained through global average pooling (GAP of the per-pixel logits equals
-the 1x1 conv applied to the pooled features, since both are linear); the CLIMS net reads the
-same per-pixel logits as masks, P = sigmoid(logits). Both take images in [0, 1] and apply the
-ImageNet normalisation themselves, so CLIMS can mask the very same tensor in pixel space.
+"""The ResNet backbones every net is built on (CAM nets, IRN's boundary net, DeepLab): a narrow
+ResNet of BasicBlocks trained from scratch, or a torchvision ResNet with ImageNet weights from a
+local file; and the one ImageNet normalisation the nets apply to their [0, 1] input.
 """
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -20,6 +16,20 @@ from pipeline.errors import UserError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class ImageNetNormalise(nn.Module):
+    """(x - mean) / std of ImageNet, for images in [0, 1]. The nets take [0, 1] images and
+    normalise them themselves, so CLIMS masks the very tensor the CAM net saw. The buffers are
+    not saved: a net's state dict holds only what it learned."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        return (images01 - self.mean) / self.std
 
 
 def _make_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -108,52 +118,7 @@ def torchvision_resnet(name: str, strides: list[int], weights: str | None) -> Ba
 
 
 def build_backbone(cfg) -> Backbone:
+    """The backbone a params `backbone` section describes."""
     if cfg.name == "small_resnet":
         return small_resnet(cfg.widths, cfg.blocks, cfg.strides)
     return torchvision_resnet(cfg.name, cfg.strides, cfg.weights)
-
-
-class CamNet(nn.Module):
-    """Backbone + 1x1 classifier giving per-pixel class logits (N, C, h, w).
-
-    `bias=True` adds a per-class offset to the logits: the CLIMS net starts it negative, so
-    that P = sigmoid(logits) begins as a small mask rather than the whole image.
-    """
-
-    def __init__(self, backbone: Backbone, num_classes: int, bias: bool = False):
-        super().__init__()
-        self.backbone = backbone
-        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=bias)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, images01: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone((images01 - self.mean) / self.std))
-
-    def parameter_groups(self, frozen_stem: bool) -> tuple[list, list]:
-        """(backbone parameters, head parameters); the stem is left out when frozen."""
-        if frozen_stem:
-            for p in self.backbone.stem.parameters():
-                p.requires_grad_(False)
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        return backbone, list(self.classifier.parameters())
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        stem_frozen = not any(p.requires_grad for p in self.backbone.stem.parameters())
-        if stem_frozen:  # a frozen stem keeps its BatchNorm statistics too
-            self.backbone.stem.eval()
-        return self
-
-
-def image_logits(pixel_logits: torch.Tensor) -> torch.Tensor:
-    """The baseline's image-level scores: GAP of the per-pixel logits."""
-    return pixel_logits.mean(dim=(2, 3))
-
-
-def build_cam_net(backbone_cfg, num_classes: int, bias: bool = False) -> CamNet:
-    return CamNet(build_backbone(backbone_cfg), num_classes, bias)
-
-
-def upsample(maps: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pipeline.errors import UserError
 from pipeline.layout import repo_root
+
+LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is 127.0.0.1
 
 
 # Ray Train settings the stages default to (the environment's own values win). The terminal
@@ -19,22 +24,77 @@ RAY_TRAIN_DEFAULTS = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_CON
                       "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
-def init_ray(dashboard: bool = False) -> None:
+def init_ray(dashboard: bool = False, num_cpus: int | None = None) -> None:
     """Join the cluster named by $RAY_ADDRESS, else start a local one (once per process).
 
-    `dashboard`: a local cluster also serves Ray's state API (on 127.0.0.1), which Ray Train's
-    placement-group cleaner needs to free the CPUs of a Train run whose Tune trial was stopped
-    early; without it they stay reserved and the next trial's workers never start.
+    A local cluster listens on 127.0.0.1 only, and never joins a cluster that another process
+    started on this host (`ray start` without RAY_ADDRESS): it is this process's own. Ray Train's
+    placement-group cleaner is told where its state API is, instead of scanning the host for
+    clusters (with two on one host it failed with "Found multiple active Ray instances").
+    `dashboard`: the local cluster also serves Ray's dashboard (on 127.0.0.1); the cleaner needs
+    it to free the CPUs of a Train run whose Tune trial was stopped early, or the next trial's
+    workers never start. `num_cpus`: the local cluster's CPUs (default: the machine's).
     """
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return
+    for key, value in RAY_TRAIN_DEFAULTS.items():  # inherited by a local cluster's processes
+        os.environ.setdefault(key, value)
+    address = os.environ.get("RAY_ADDRESS")
+    local = {}
+    if not address:
+        # Ray takes its node address from here, at import: loopback rather than the host's address.
+        os.environ[LOOPBACK_NODE_ENV] = "0"
+        port = free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        local = {"include_dashboard": dashboard, "dashboard_host": "127.0.0.1", "dashboard_port": port, "num_cpus": num_cpus}
     import ray
+    from ray._private import ray_constants
 
-    if not ray.is_initialized():
-        for key, value in RAY_TRAIN_DEFAULTS.items():  # inherited by a local cluster's processes
-            os.environ.setdefault(key, value)
-        address = os.environ.get("RAY_ADDRESS")
-        local = {} if address else {"include_dashboard": dashboard, "dashboard_host": "127.0.0.1"}
-        ray.init(address=address, log_to_driver=True, logging_level=logging.ERROR,
-                 logging_config=ray.LoggingConfig(log_level="ERROR"), **local)
+    if not address and ray_constants.ENABLE_RAY_CLUSTER:  # ray was imported before the variable was set
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(address=address or "local", log_to_driver=True, logging_level=logging.ERROR,
+             logging_config=ray.LoggingConfig(log_level="ERROR"), **local)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def user_error(error: BaseException | None) -> UserError | None:
+    """The project's one-line error carried by an error from a Ray worker or task, if it is one:
+    as raised, or re-raised by a DataLoader worker with the original traceback in its message."""
+    cause = getattr(error, "cause", None)  # a Ray task's error carries the task's own exception
+    error = cause if isinstance(cause, BaseException) else error
+    if not isinstance(error, UserError):
+        return None
+    return UserError(str(error).strip().splitlines()[-1].split("UserError: ", 1)[-1])
+
+
+def stop_on_user_errors():
+    """A Ray Train callback (run by its controller) that ends a run as soon as a worker raised a
+    UserError: bad data or settings are not cured by a retry, so FailureConfig's retries are kept
+    for lost workers."""
+    from ray.train import ControllerError, UserCallback
+
+    class StopOnUserError(UserCallback):
+        def after_exception(self, run_context, worker_exceptions):
+            for error in worker_exceptions.values():
+                if user_error(error) is not None:
+                    # a controller error is never retried, and (a TrainingFailedError) not logged again
+                    raise ControllerError(user_error(error))
+
+    return StopOnUserError()
+
+
+def raise_user_error_inside(error: BaseException) -> None:
+    """Raise the UserError inside a failed Ray Train run (ControllerError, WorkerGroupError), if any."""
+    for inner in (getattr(error, "controller_failure", None), *getattr(error, "worker_failures", {}).values()):
+        found = user_error(inner)
+        if found is not None:
+            raise found from None
 
 
 def storage_path(configured: str) -> str:
@@ -53,10 +113,10 @@ def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | N
     checkpoints in the storage (`dist.storage` unless given), so callers make the name unique to
     what is being trained. `callbacks`: Ray Train UserCallbacks (a sweep's TuneReportCallback).
     """
+    init_ray()
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    init_ray()
     trainer = TorchTrainer(
         train_fn,
         train_loop_config={"job": job},
@@ -68,11 +128,15 @@ def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | N
             storage_path=storage_path(storage or dist.storage),
             failure_config=FailureConfig(max_failures=dist.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), stop_on_user_errors()],
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except Exception as error:
+        raise_user_error_inside(error)
+        raise
 
 
 def map_shards(work: Callable[..., Any], items: Sequence, num_workers: int, use_gpu: bool, *args, cpus: int = 1) -> list:
@@ -80,9 +144,15 @@ def map_shards(work: Callable[..., Any], items: Sequence, num_workers: int, use_
     a Ray task; `num_workers` 0 runs the work here, in one piece."""
     if num_workers == 0 or len(items) == 0:
         return [work(list(items), *args)]
+    init_ray()
     import ray
 
-    init_ray()
     shards = [list(items[i::num_workers]) for i in range(num_workers)]
     task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0)(work)
-    return ray.get([task.remote(shard, *args) for shard in shards if shard])
+    try:
+        return ray.get([task.remote(shard, *args) for shard in shards if shard])
+    except ray.exceptions.RayTaskError as error:
+        found = user_error(error)
+        if found is None:
+            raise
+        raise found from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -14,6 +15,17 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import UserError
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp and mkdtemp create 0600 files and 0700 folders; what the stages write gets the modes
+# any other file or folder gets under the user's umask.
+FILE_MODE, DIR_MODE = 0o666 & ~_current_umask(), 0o777 & ~_current_umask()
 
 
 @contextmanager
@@ -38,6 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     with _parents_of(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.fchmod(fd, FILE_MODE)
         os.close(fd)
         try:
             yield Path(tmp)
@@ -55,6 +68,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     with _parents_of(path):
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        tmp.chmod(DIR_MODE)
         try:
             yield tmp
             if path.exists():
@@ -75,13 +89,21 @@ NET_WEIGHTS, NET_META = "weights.pt", "net.json"
 def save_net_folder(folder: str | Path, net, meta: dict) -> None:
     """A trained net as a folder: `weights.pt` (a plain state dict of CPU tensors, loadable with
     weights_only=True) and `net.json` (`meta`: what builds the architecture, plus its history)."""
-    import torch
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / NET_WEIGHTS) as tmp:
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
+    save_torch(folder / NET_WEIGHTS, {k: v.cpu() for k, v in net.state_dict().items()})
     write_json(folder / NET_META, meta)
+
+
+def save_torch(path: str | Path, obj) -> None:
+    """torch.save `obj` to `path`, atomically. Through a buffer: saved to a file, torch records the
+    file's (temporary) name in the archive, and identical weights would differ byte for byte."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def read_net_folder(folder: str | Path, missing: str) -> tuple[dict, dict]:
@@ -91,12 +113,27 @@ def read_net_folder(folder: str | Path, missing: str) -> tuple[dict, dict]:
     meta_path = Path(folder) / NET_META
     if not meta_path.is_file():
         raise UserError(f"{meta_path}: {missing}")
-    meta = json.loads(meta_path.read_text())
-    return torch.load(Path(folder) / NET_WEIGHTS, map_location="cpu", weights_only=True), meta
+    weights = Path(folder) / NET_WEIGHTS
+    try:
+        meta = json.loads(meta_path.read_text())
+        return torch.load(weights, map_location="cpu", weights_only=True), meta
+    except Exception as exc:  # truncated, corrupt or not ours: rerun the stage that wrote it
+        reason = " ".join(str(exc).split())[:160]
+        raise UserError(f"{Path(folder)}: unreadable net ({type(exc).__name__}: {reason}); run its training stage again") from None
 
 
 def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def files_fingerprint(paths) -> str:
+    """sha256 over each file's path, size and modification time: it changes when any of the
+    files is rewritten, without reading them (a VOC-sized split stats in well under a second)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 SOURCE_FILE = "source.json"
@@ -104,7 +141,11 @@ SOURCE_FILE = "source.json"
 
 def resume_folder(out: Path, stamp: dict) -> None:
     """Prepare the output folder of a per-image stage: keep the files of an interrupted run made
-    from the same inputs (`stamp`, recorded in source.json), clear anything else."""
+    from the same inputs (`stamp`, recorded in source.json), clear anything else. A stamp has
+    two parts, `inputs` (digests of the files read) and `params` (the settings used), so that no
+    setting can overwrite an input's digest."""
+    if set(stamp) != {"inputs", "params"}:
+        raise ValueError(f"a resume stamp has 'inputs' and 'params', not {sorted(stamp)}")
     source = out / SOURCE_FILE
     if out.exists() and (not source.is_file() or json.loads(source.read_text()) != stamp):
         shutil.rmtree(out)
@@ -135,9 +176,24 @@ def save_label_png(path: str | Path, label: np.ndarray) -> None:
     image.save(path)
 
 
+def per_image_path(folder: str | Path, image_id: str, suffix: str) -> Path:
+    """`folder`/<image_id><suffix>, refused when the id would lead out of `folder` (a manifest
+    is data, and an id such as '../../x' must not choose where a stage writes)."""
+    folder = Path(folder)
+    path = folder / f"{image_id}{suffix}"
+    if bad_image_id(image_id) or path.resolve().parent != folder.resolve():
+        raise UserError(f"{folder}: image id {image_id!r} is not a plain file name")
+    return path
+
+
+def bad_image_id(image_id: str) -> bool:
+    """An id that is not a plain file name: empty, a path (/ or \\), '..' or a NUL."""
+    return not image_id or any(part in image_id for part in ("/", "\\", "..", "\0"))
+
+
 def label_png_path(folder: str | Path, image_id: str) -> Path:
     """Where a per-image label map lives (IR labels, pseudo labels, predictions)."""
-    return Path(folder) / f"{image_id}.png"
+    return per_image_path(folder, image_id, ".png")
 
 
 def read_label(path: str | Path) -> np.ndarray:

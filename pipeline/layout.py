@@ -33,6 +33,7 @@ def cams_dir(kind: str) -> Path:
     return Path("artifacts") / f"cams_{kind}"
 
 
+PARAMS_CHECKED = Path("artifacts/params.ok")  # written by check_params; every other stage depends on it
 IR_LABELS_DIR = Path("artifacts/ir_labels")  # one PNG per training image, 255 = unsure
 IRN_DIR = Path("artifacts/net_irn")  # the boundary net: weights.pt + net.json
 PSEUDO_LABELS_DIR = Path("artifacts/pseudo_labels")  # one PNG per training image

@@ -412,7 +412,7 @@ class SweepSection(Section):
     """`clims sweep`: Ray Tune trials of a short CLIMS training, scored by CAM mIoU on held
     training images; ASHA stops the weak ones early."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # a rerun with the same name resumes
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a folder under sweeps/; the same name resumes
     search: Literal["random", "grid", "optuna"]
     num_samples: PositiveInt  # trials (grid: repeats of the whole grid)
     seed: NonNegativeInt
@@ -548,7 +548,10 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where} ({problem})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level")
     return validate(raw, str(path))

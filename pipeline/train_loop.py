@@ -21,6 +21,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.codedeps import code_digest
+from pipeline.data.manifest import data_fingerprint, read_manifest, records_with_labels
+from pipeline.errors import UserError
+from pipeline.io import NET_WEIGHTS, files_fingerprint, label_png_path
+from pipeline.nets.backbone import with_checked_weights
 from pipeline.params import Params
 
 STATE_FILE = "state.pt"
@@ -119,11 +123,19 @@ def _all_reduce_means(means: dict[str, float]) -> dict[str, float]:
 
 
 def ray_worker(config: dict, setup: SetupFn) -> None:
-    """Ray Train's per-worker loop; config["job"] is the run's TrainJob."""
+    """Ray Train's per-worker loop; config["job"] is the run's TrainJob. A UserError (bad data)
+    leaves the worker without the traceback through the loop: its message names the file, and
+    pipeline.distributed ends the run on it instead of retrying."""
+    try:
+        _train_on_worker(config["job"], setup)
+    except UserError as error:
+        raise UserError(str(error)) from None
+
+
+def _train_on_worker(job: TrainJob, setup: SetupFn) -> None:
     import ray.train
     import ray.train.torch
 
-    job: TrainJob = config["job"]
     cfg = job.cfg
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -174,11 +186,16 @@ def ray_worker(config: dict, setup: SetupFn) -> None:
 def run_name(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path]) -> str:
     """Ray Train resumes a run from the checkpoints stored under its name, so the name hashes
     everything the training depends on: the job, the bytes of `inputs` (data manifest, initial
-    nets, labels' source) and the project code the worker's module imports (pipeline.codedeps).
-    A killed stage resumes; a changed one starts afresh."""
+    nets, labels' source), the images and label maps as they are now (sizes and modification
+    times: an image rewritten under an unchanged manifest counts) and the project code the
+    worker's module imports (pipeline.codedeps). A killed stage resumes; a changed one starts afresh."""
     digest = hashlib.sha256(job.model_dump_json().encode())
     for path in inputs:
         digest.update(Path(path).read_bytes())
+    records = read_manifest(job.manifest)
+    digest.update(data_fingerprint(records).encode())
+    if job.labels:
+        digest.update(files_fingerprint([label_png_path(job.labels, r.image_id) for r in records]).encode())
     digest.update(code_digest(train_fn.__module__).encode())
     return f"{job.section}-{digest.hexdigest()[:12]}"
 
@@ -200,10 +217,6 @@ def fit_on_label_maps(train_fn: Callable[[dict], None], params: Params, section:
     """The driver side of a net trained on one label map per image (IRN, segmentation): check
     that `producer` left enough labelled images for a batch, name the run by everything it reads
     (manifest, labels' source, initial net, code), fit; returns the final state."""
-    from pipeline.data.manifest import records_with_labels
-    from pipeline.io import NET_WEIGHTS
-    from pipeline.nets.backbone import with_checked_weights
-
     params = with_checked_weights(params)
     records_with_labels(manifest, labels, getattr(params, section).batch_size, section, producer)
     job = TrainJob(params=params, section=section, manifest=absolute(manifest), labels=absolute(labels),

@@ -11,14 +11,14 @@ def main(params, kind: str):
     with tracking.stage_run(f"eval_cam_{kind}", params, sections=("eval_cam",)) as run:
         records = read_manifest(layout.manifest_path(layout.TRAIN_EVAL))
         metrics, curve = evaluate_cams(records, layout.cams_dir(kind), params.dataset, params.eval_cam.thresholds)
-        write_json(layout.METRICS_DIR / f"cam_{kind}.json", metrics)
-        write_curve(layout.PLOTS_DIR / f"cam_{kind}_thresholds.csv", curve)
+        for record in records[: params.eval_cam.overlays]:  # first: a failure here leaves no metrics behind
+            image = overlay(record, layout.cams_dir(kind), "high_res", metrics["best_threshold"])
+            run.log_image(image, f"overlays/{record.image_id}.png")
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         for row in curve:
             run.log_metrics({k: v for k, v in row.items() if k != "threshold"}, step=round(100 * row["threshold"]))
-        for record in records[: params.eval_cam.overlays]:
-            image = overlay(record, layout.cams_dir(kind), "high_res", metrics["best_threshold"])
-            run.log_image(image, f"overlays/{record.image_id}.png")
+        write_curve(layout.PLOTS_DIR / f"cam_{kind}_thresholds.csv", curve)
+        write_json(layout.METRICS_DIR / f"cam_{kind}.json", metrics)
         leak = f", context leak {metrics['context_leak']:.1f} %" if "context_leak" in metrics else ""
         print(f"CAM {kind}: mIoU {metrics['miou']:.1f} at threshold {metrics['best_threshold']:.2f}{leak}; "
               f"P mIoU {metrics['mask_miou']:.1f} at {metrics['mask_best_threshold']:.2f}")

@@ -22,17 +22,17 @@ def main(params):
         totals = threshold_totals(records, lambda r: predictions[r.image_id][None], 1, len(names), context_ids(params.dataset))
         metrics, _ = summarise(totals, np.zeros(1), names)
         metrics.pop("best_threshold")
-        write_json(layout.METRICS_DIR / "segmentation.json", {"images": len(records), **metrics})
         labels = ["background", *names]
-        write_curve(layout.PLOTS_DIR / "segmentation_confusion.csv",
-                    [{"actual": a, **{p: int(n) for p, n in zip(labels, row)}} for a, row in zip(labels, totals.confusion[0])])
         matrix = confusion_image(totals.confusion[0], labels)
-        with atomic_path(layout.PLOTS_DIR / "segmentation_confusion.png") as tmp:
-            Image.fromarray(matrix).save(tmp, format="PNG")
+        for record in records[: cfg.overlays]:  # first: a failure here leaves no metrics behind
+            run.log_image(side_by_side(record, predictions[record.image_id]), f"overlays/{record.image_id}.png")
         run.log_image(matrix, "confusion.png")
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        for record in records[: cfg.overlays]:
-            run.log_image(side_by_side(record, predictions[record.image_id]), f"overlays/{record.image_id}.png")
+        write_curve(layout.PLOTS_DIR / "segmentation_confusion.csv",
+                    [{"actual": a, **{p: int(n) for p, n in zip(labels, row)}} for a, row in zip(labels, totals.confusion[0])])
+        with atomic_path(layout.PLOTS_DIR / "segmentation_confusion.png") as tmp:
+            Image.fromarray(matrix).save(tmp, format="PNG")
+        write_json(layout.METRICS_DIR / "segmentation.json", {"images": len(records), **metrics})
         print(f"segmentation (val, {len(records)} images): mIoU {metrics['miou']:.1f}")
 
 

@@ -13,16 +13,16 @@ def main(params):
     with tracking.stage_run("eval_sem_seg", params, sections=("eval_sem_seg",)) as run:
         records = read_manifest(layout.manifest_path(layout.TRAIN_EVAL))
         metrics = evaluate_label_maps(records, layout.PSEUDO_LABELS_DIR, params.dataset)
-        write_json(layout.METRICS_DIR / "pseudo_labels.json", metrics)
+        for record in records[: params.eval_sem_seg.overlays]:  # first: a failure here leaves no metrics behind
+            ir_label = colorize(read_label(label_png_path(layout.IR_LABELS_DIR, record.image_id)))
+            run.log_image(side_by_side(record, read_label(label_png_path(layout.PSEUDO_LABELS_DIR, record.image_id)), ir_label),
+                          f"overlays/{record.image_id}.png")
+        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         cam_metrics = layout.METRICS_DIR / f"cam_{params.make_ir_label.cams}.json"
         cam_iou = json.loads(cam_metrics.read_text())["per_class_iou"] if cam_metrics.is_file() else {}
         write_curve(layout.PLOTS_DIR / "pseudo_labels_per_class.csv",
                     [{"class": name, "cam": cam_iou.get(name), "pseudo_label": iou} for name, iou in metrics["per_class_iou"].items()])
-        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        for record in records[: params.eval_sem_seg.overlays]:
-            ir_label = colorize(read_label(label_png_path(layout.IR_LABELS_DIR, record.image_id)))
-            run.log_image(side_by_side(record, read_label(label_png_path(layout.PSEUDO_LABELS_DIR, record.image_id)), ir_label),
-                          f"overlays/{record.image_id}.png")
+        write_json(layout.METRICS_DIR / "pseudo_labels.json", metrics)
         leak = f", context leak {metrics['context_leak']:.1f} %" if "context_leak" in metrics else ""
         print(f"pseudo labels: mIoU {metrics['miou']:.1f}{leak}")
 

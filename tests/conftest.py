@@ -40,15 +40,12 @@ def run_stage(name: str, workdir: Path, mlflow_uri: str, *args: str, timeout: in
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for every test that needs it (starting Ray costs seconds)."""
+    from pipeline.distributed import init_ray
+
+    init_ray(num_cpus=2)  # as the stages start it: bound to 127.0.0.1
+    yield
     import ray
 
-    from pipeline.distributed import RAY_TRAIN_DEFAULTS
-
-    if not ray.is_initialized():
-        for key, value in RAY_TRAIN_DEFAULTS.items():  # as the stages run it
-            os.environ.setdefault(key, value)
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
     ray.shutdown()
 
 

@@ -35,5 +35,16 @@ def dying_once(worker, after_epoch: int, marker: Path):
     return wrapped
 
 
+def counting_starts(worker, log: Path):
+    """`worker` that appends a line to `log` each time a worker process starts it."""
+
+    def wrapped(config: dict) -> None:
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        worker(config)
+
+    return wrapped
+
+
 # The workers cannot import the tests folder: ship this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -2,29 +2,20 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipeline.cam.evaluate import cam_predictions
 from pipeline.cam.infer import make_cams, multiscale_maps, normalise, select_classes
 from pipeline.data.cam_files import cam_path, load_cam
-from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
-from pipeline.io import save_label_png
 from pipeline.metrics import confusion, miou
 from pipeline.nets.cam_net import build_cam_net, save_cam_net
 from pipeline.params import BackboneSection, Distributed, MakeCam
 from pipeline.scoring import predict, summarise, threshold_totals, thresholds
-
-SMALL = BackboneSection(name="small_resnet", strides=[1, 2, 1, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], weights=None)
-
-
-def _net(seed=0):
-    torch.manual_seed(seed)
-    return build_cam_net(SMALL, 3).eval()
+from tiny_scenes import SMALL, cam_net, scene
 
 
 def test_output_strides():
-    assert _net()(torch.rand(1, 3, 64, 64)).shape == (1, 3, 16, 16)  # small_resnet: stride 4
+    assert cam_net()(torch.rand(1, 3, 64, 64)).shape == (1, 3, 16, 16)  # small_resnet: stride 4
     r50 = BackboneSection(name="resnet50", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=None)
     assert build_cam_net(r50, 20)(torch.rand(1, 3, 128, 96)).shape == (1, 20, 8, 6)  # the reference's stride 16
 
@@ -50,7 +41,7 @@ def test_wrong_backbone_weights_are_one_clear_error(tmp_path):
 
 
 def test_single_scale_maps_are_the_relu_of_the_logits_and_their_mirror():
-    net, images = _net(), torch.rand(2, 3, 64, 64)
+    net, images = cam_net(), torch.rand(2, 3, 64, 64)
     maps = multiscale_maps(net, images, [1.0])
     with torch.no_grad():
         direct, mirrored = net(images), net(images.flip(-1)).flip(-1)
@@ -61,7 +52,7 @@ def test_single_scale_maps_are_the_relu_of_the_logits_and_their_mirror():
 
 
 def test_repeating_a_scale_changes_nothing_after_normalisation():
-    net, images = _net(), torch.rand(1, 3, 60, 52)
+    net, images = cam_net(), torch.rand(1, 3, 60, 52)
     once, twice = multiscale_maps(net, images, [1.0]), multiscale_maps(net, images, [1.0, 1.0])
     for key in ("cam", "high_res"):
         torch.testing.assert_close(normalise(twice[key]), normalise(once[key]), rtol=1e-4, atol=1e-5)
@@ -70,31 +61,19 @@ def test_repeating_a_scale_changes_nothing_after_normalisation():
 
 
 def test_multi_scale_maps_are_normalised_per_class_and_keep_the_image_classes():
-    maps = multiscale_maps(_net(), torch.rand(1, 3, 64, 64), [1.0, 0.5, 1.5])
+    maps = multiscale_maps(cam_net(), torch.rand(1, 3, 64, 64), [1.0, 0.5, 1.5])
     arrays = select_classes({k: v[0] for k, v in maps.items()}, (1, 3))
     assert arrays["class_ids"].tolist() == [1, 3] and arrays["cam"].shape == (2, 16, 16)
     peaks = arrays["high_res"].reshape(2, -1).max(1).astype(np.float32)
     assert np.all((peaks > 0.99) & (peaks <= 1.0)) or np.all(peaks == 0)
 
 
-def _scene(folder, name, label, ground=None):
-    image_path = folder / f"{name}.png"
-    Image.fromarray((np.random.default_rng(0).random((*label.shape, 3)) * 255).astype(np.uint8)).save(image_path)
-    save_label_png(folder / f"{name}_gt.png", label)
-    background = None
-    if ground is not None:
-        background = folder / f"{name}_bg.png"
-        Image.fromarray(ground.astype(np.uint8)).save(background)
-    ids = tuple(int(c) for c in np.unique(label) if c not in (0, 255))
-    return ImageRecord(name, image_path, folder / f"{name}_gt.png", ids, *label.shape, background)
-
-
 def test_make_cams_writes_every_image_then_skips_them_and_restarts_for_another_net(tmp_path):
     label = np.zeros((32, 32), np.uint8)
     label[4:12, 4:12] = 1
-    records = [_scene(tmp_path, f"img{i}", label) for i in range(3)]
+    records = [scene(tmp_path, f"img{i}", label) for i in range(3)]
     net_dir, out = tmp_path / "net", tmp_path / "cams"
-    save_cam_net(net_dir, _net(), SMALL, ["a", "b", "c"], "baseline", [])
+    save_cam_net(net_dir, cam_net(), SMALL, ["a", "b", "c"], "baseline", [])
     cfg = MakeCam(scales=[1.0, 0.5], batch_size=2, num_workers=0)
     dist = Distributed(num_workers=1, cpus_per_worker=1, use_gpu=False, max_failures=0, storage="unused")
     assert make_cams(records, net_dir, out, cfg, dist) == 3
@@ -102,7 +81,7 @@ def test_make_cams_writes_every_image_then_skips_them_and_restarts_for_another_n
     assert data["class_ids"].tolist() == [1] and data["cam"].shape == (1, 8, 8) and data["high_res"].dtype == np.float16
     cam_path(out, "img1").unlink()  # as if the run had been killed before this image
     assert make_cams(records, net_dir, out, cfg, dist) == 1
-    save_cam_net(net_dir, _net(seed=1), SMALL, ["a", "b", "c"], "baseline", [])  # another net: stale CAMs go
+    save_cam_net(net_dir, cam_net(seed=1), SMALL, ["a", "b", "c"], "baseline", [])  # another net: stale CAMs go
     assert make_cams(records, net_dir, out, cfg, dist) == 3
     assert not list(out.glob(".*")), "a temporary file was left behind"
 
@@ -126,7 +105,7 @@ def test_sweep_finds_the_best_threshold_and_the_context_leak(tmp_path):
     label[2:4, 2:4] = 1
     ground = np.zeros((8, 8), np.uint8)
     ground[4:8] = 3  # the class's context: the lower half (16 free pixels)
-    record = _scene(tmp_path, "s", label, ground)
+    record = scene(tmp_path, "s", label, ground)
     cam = np.zeros((1, 8, 8), np.float16)
     cam[0, 2:4, 2:4] = 1.0
     cam[0, 4:6] = 0.4  # half the context at 0.4: leaks below threshold 0.4
@@ -153,8 +132,8 @@ def test_scoring_a_net_in_memory_equals_make_cam_then_the_sweep(tmp_path):
     for i in range(4):
         label = np.zeros((32, 40), np.uint8)
         label[rng.integers(0, 16):, rng.integers(0, 20):][:10, :12] = 1 + i % 3
-        records.append(_scene(tmp_path, f"img{i}", label))
-    net = _net()
+        records.append(scene(tmp_path, f"img{i}", label))
+    net = cam_net()
     save_cam_net(tmp_path / "net", net, SMALL, ["a", "b", "c"], "baseline", [])
     cfg = MakeCam(scales=[1.0, 0.5], batch_size=3, num_workers=0)
     dist = Distributed(num_workers=1, cpus_per_worker=1, use_gpu=False, max_failures=0, storage="unused")

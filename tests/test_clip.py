@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,11 @@ def test_pretrained_weights_from_a_local_file(tmp_path, small_clip):
         clip_model.load_pretrained("test-small", tmp_path / "wrong.pt")
     with pytest.raises(UserError, match="not an open_clip architecture"):
         clip_model.load_pretrained("no-such-net", weights)
+    torch.save({"state_dict": small_clip.model.state_dict(), "note": Path("made elsewhere")}, tmp_path / "pickled.pt")
+    with pytest.raises(UserError) as error:  # refused by weights_only: what the file should hold, not torch's advice
+        clip_model.load_pretrained("test-small", tmp_path / "pickled.pt")
+    assert str(error.value) == (f"{tmp_path / 'pickled.pt'}: not an open_clip checkpoint for test-small (it holds Python "
+                                "objects besides tensors; save the model's state_dict() instead)")
 
 
 def test_missing_clip_folder_is_one_line(tmp_path):

@@ -234,6 +234,36 @@ def test_a_missing_net_is_one_clear_error(reproduced, tmp_path, mlflow_uri):
     assert not (tmp_path / "artifacts").exists()
 
 
+def test_bad_params_stop_dvc_before_it_removes_any_output(reproduced):
+    """check_params fails first, so DVC never reaches (and never clears) the stages after it."""
+    root, env = reproduced
+    params_file = root / "params.yaml"
+    good = params_file.read_text()
+    kept = ["artifacts/net_baseline/weights.pt", "metrics/train_cam.json", "plots/train_cam.csv", "metrics/clip.json",
+            "metrics/data.json", "data/train.parquet"]
+    before = {name: (root / name).read_bytes() for name in kept}
+    bad = {"train_cam.epochs: must be at least 1": lambda raw: raw["train_cam"].update(epochs=-1),
+           "train_cam.epochz: unknown key": lambda raw: raw["train_cam"].update(epochz=3)}
+    try:
+        for message, change in bad.items():
+            raw = yaml.safe_load(good)
+            change(raw)
+            params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+            result = subprocess.run(["dvc", "repro", "train_cam"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+            assert result.returncode != 0
+            assert message.split(":")[0] in result.stderr and "Running stage 'train_cam'" not in result.stdout
+            assert {name: (root / name).read_bytes() for name in kept} == before, message
+        _run([sys.executable, "-m", "pipeline.cli", "compose", "dataset=voc12", "dataset.root=/nowhere/VOC2012"], root, env)
+        result = subprocess.run(["dvc", "repro", "prepare_data"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and "/nowhere/VOC2012: dataset.root is not a folder" in result.stderr
+        assert {name: (root / name).read_bytes() for name in kept} == before
+    finally:
+        params_file.write_text(good)
+    # the good params again: only the check reruns, everything else is still up to date
+    out = _run(["dvc", "repro"], root, env)
+    assert out.count("Running stage") == 1 and "Running stage 'check_params'" in out
+
+
 def test_a_sweep_resumes_and_its_best_weights_run_as_an_experiment(reproduced):
     root, env = reproduced
     # A sweep over the loss weights, interrupted once its first trial has finished, then run again.

@@ -8,14 +8,7 @@ from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, p
 from pipeline.irn.ir_label import ir_labels
 from pipeline.metrics import IGNORE
 from pipeline.ops.crf import crf_labels, pairwise_kernel
-from pipeline.params import CrfSection
-
-
-def crf_config(**changes) -> CrfSection:
-    """The reference's CRF settings with a 7-pixel window at full resolution, and `changes`."""
-    cfg = {"iterations": 10, "gaussian_sxy": 3.0, "gaussian_compat": 3.0, "bilateral_sxy": 50.0, "bilateral_srgb": 5.0,
-           "bilateral_compat": 10.0, "gt_prob": 0.7, "window": 7, "downsample": 1}
-    return CrfSection(**{**cfg, **changes})
+from tiny_scenes import crf_config
 
 
 def _two_region_image(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

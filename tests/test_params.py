@@ -80,6 +80,19 @@ def test_bad_yaml_file_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("dataset: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("dataset:\n  seed: 1\n   bad: indent\n")
+    with pytest.raises(UserError, match=r"params.yaml: not valid YAML at line 3, column 7 \(mapping values are not allowed here\)"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("name, ok", [("..", False), (".", False), (".hidden", False), ("a/b", False), ("run-2.b_3", True)])
+def test_a_sweep_name_is_a_plain_folder_name(base_params, name, ok):
+    base_params["sweep"]["name"] = name
+    if ok:
+        validate(base_params)
+    else:
+        with pytest.raises(UserError, match="sweep.name"):
+            validate(base_params)
 
 
 def test_stage_stops_on_bad_params_before_writing(tmp_path, base_params, mlflow_uri):

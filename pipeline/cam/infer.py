@@ -15,12 +15,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipeline.data.cam_files import cam_path, save_cam, stride_size
+from pipeline.codedeps import code_digest
+from pipeline.data.cam_files import cam_path, readable_cam, save_cam, stride_size
 from pipeline.data.images import load_image
-from pipeline.data.manifest import ImageRecord, same_shape_batches
+from pipeline.data.manifest import ImageRecord, data_fingerprint, same_shape_batches
 from pipeline.io import NET_WEIGHTS, file_digest, resume_folder
 from pipeline.nets.cam_net import CamNet, load_cam_net
 from pipeline.ops.maps import upsample
+from pipeline.params import MakeCam
 
 
 @torch.no_grad()
@@ -73,19 +75,26 @@ def cam_shard(records: list[ImageRecord], net_dir: str, out: str, scales: list[f
     """Write the CAM file of every record not done yet; returns how many were written."""
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     net, _ = load_cam_net(net_dir, device)
-    todo = [r for r in records if not cam_path(out, r.image_id).is_file()]
+    todo = [r for r in records if not readable_cam(cam_path(out, r.image_id))]  # a damaged file is made again
     for batch in image_cams(net, todo, scales, batch_size):
         for record, arrays in batch:
             save_cam(cam_path(out, record.image_id), arrays)
     return len(todo)
 
 
-def make_cams(records: list[ImageRecord], net_dir: Path, out: Path, cfg, dist) -> int:
+def cam_stamp(records: list[ImageRecord], net_dir: Path, cfg: MakeCam) -> dict:
+    """What the CAM files are made from: the images, the net, the scales, this code."""
+    return {"inputs": {"data": data_fingerprint(records), "net": file_digest(Path(net_dir) / NET_WEIGHTS),
+                       "code": code_digest(__name__)},
+            "params": {"scales": list(cfg.scales)}}
+
+
+def make_cams(records: list[ImageRecord], net_dir: Path, out: Path, cfg: MakeCam, dist) -> int:
     """CAMs for all records, sharded over `cfg.num_workers` Ray tasks; a rerun skips done images."""
     from pipeline.distributed import map_shards
 
     load_cam_net(net_dir)  # a missing or broken net stops here, before the output folder exists
-    resume_folder(out, {"weights_sha256": file_digest(Path(net_dir) / NET_WEIGHTS), "scales": list(cfg.scales)})
+    resume_folder(out, cam_stamp(records, net_dir, cfg))
     written = map_shards(cam_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(out.resolve()),
                          list(cfg.scales), cfg.batch_size, dist.use_gpu, cpus=dist.cpus_per_worker)
     return sum(written)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import UserError
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, save_torch
 
 # OpenAI CLIP's pixel statistics; the tiny CLIP is trained with the same normalisation.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -114,7 +114,11 @@ def load_pretrained(model_name: str, weights: str | Path) -> torch.nn.Module:
     try:
         return open_clip.create_model(model_name, pretrained=str(weights), weights_only=True)
     except Exception as exc:  # a wrong or corrupt file: say which and what was expected
-        raise UserError(f"{weights}: not an open_clip checkpoint for {model_name} ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if "weights_only" in str(exc):  # torch's own advice (to load it unsafely) is not ours to give
+            reason = "it holds Python objects besides tensors; save the model's state_dict() instead"
+        else:
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        raise UserError(f"{weights}: not an open_clip checkpoint for {model_name} ({reason})") from None
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -127,10 +131,8 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 def save_clip(folder: Path, meta: dict, text_embeddings: dict, state_dict: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if state_dict is not None:
-        with atomic_path(folder / WEIGHTS_FILE) as tmp:
-            torch.save(state_dict, tmp)
-    with atomic_path(folder / TEXT_FILE) as tmp:
-        torch.save(text_embeddings, tmp)
+        save_torch(folder / WEIGHTS_FILE, state_dict)
+    save_torch(folder / TEXT_FILE, text_embeddings)
     with atomic_path(folder / META_FILE) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
 

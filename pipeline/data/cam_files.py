@@ -8,11 +8,13 @@ P), in float16.
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import atomic_path
+from pipeline.errors import UserError
+from pipeline.io import atomic_path, per_image_path
 
 CAM_STRIDE = 4  # the grid of `cam`, of IRN's boundary map and of its random walk
 
@@ -23,7 +25,7 @@ def stride_size(height: int, width: int) -> tuple[int, int]:
 
 
 def cam_path(folder: str | Path, image_id: str) -> Path:
-    return Path(folder) / f"{image_id}.npz"
+    return per_image_path(folder, image_id, ".npz")
 
 
 def save_cam(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -32,5 +34,19 @@ def save_cam(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_cam(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
+    try:
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise UserError(f"{path}: CAM file missing (run make_cam first)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: unreadable CAM file ({type(exc).__name__}: {exc}); run make_cam again") from None
+
+
+def readable_cam(path: Path) -> bool:
+    """Whether a CAM file exists and reads whole (a resume keeps only those)."""
+    try:
+        load_cam(path)
+        return True
+    except UserError:
+        return False

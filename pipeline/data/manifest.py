@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
+from pipeline.io import bad_image_id, files_fingerprint, label_png_path
 
 SCHEMA = pa.schema(
     [
@@ -74,6 +75,10 @@ def read_manifest(path: str | Path) -> list[ImageRecord]:
     if missing:
         raise UserError(f"{path}: manifest lacks columns {sorted(missing)}")
     base = path.parent
+    bad = [i for i in table.column("image_id").to_pylist() if i is None or bad_image_id(i)]
+    if bad:
+        raise UserError(f"{path}: image id {bad[0]!r} is not a plain file name ({len(bad)} such ids; "
+                        "ids name each image's files in the stages' folders)")
 
     def resolve(value: Optional[str]) -> Optional[Path]:
         return None if value is None else Path(os.path.join(base, value))
@@ -92,6 +97,17 @@ def read_manifest(path: str | Path) -> list[ImageRecord]:
     ]
 
 
+def data_fingerprint(records: list[ImageRecord]) -> str:
+    """What the records' files are now (sizes and modification times of every image, label and
+    background map): a stage's resume stamp and a training run's name change when any of them
+    is rewritten, even where the manifest stays the same (an edited VOC tree)."""
+    paths = [p for r in records for p in (r.image_path, r.label_path, r.background_path) if p is not None]
+    try:
+        return files_fingerprint(paths)
+    except OSError as exc:
+        raise UserError(f"{exc.filename}: listed in the manifest but not readable ({exc.strerror})") from None
+
+
 def same_shape_batches(records: list[ImageRecord], batch_size: int) -> Iterator[list[ImageRecord]]:
     """Batches of records whose images share a size and a class count, so that their images and
     per-class maps stack into one tensor."""
@@ -106,8 +122,6 @@ def same_shape_batches(records: list[ImageRecord], batch_size: int) -> Iterator[
 def records_with_labels(manifest: str | Path, labels: str | Path, batch_size: int, section: str, producer: str) -> list[ImageRecord]:
     """A training manifest's records, once there are enough for one batch of `section` and each
     has its label PNG in `labels` (written by the stage `producer`)."""
-    from pipeline.io import label_png_path
-
     records = read_manifest(manifest)
     if len(records) < batch_size:
         raise UserError(f"{manifest}: {len(records)} images, fewer than {section}.batch_size={batch_size}")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from pipeline.data.manifest import ImageRecord
 from pipeline.errors import UserError
+from pipeline.io import bad_image_id
 from pipeline.layout import TRAIN, TRAIN_EVAL, VAL, repo_root
 from pipeline.metrics import IGNORE
 
@@ -75,6 +76,9 @@ def voc_records(root: str | Path, split: str, num_classes: int = len(VOC_CLASSES
     ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
     if not ids:
         raise UserError(f"{listing}: lists no images")
+    bad = [i for i in ids if bad_image_id(i)]
+    if bad:
+        raise UserError(f"{listing}: image id {bad[0]!r} is not a plain file name")
     return _read_all(lambda i: mask_record(i, root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png", num_classes), ids[:limit])
 
 

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.codedeps import code_digest
 from pipeline.data.cam_files import cam_path, load_cam
 from pipeline.data.images import load_image
-from pipeline.data.manifest import ImageRecord, same_shape_batches
+from pipeline.data.manifest import ImageRecord, data_fingerprint, same_shape_batches
 from pipeline.errors import UserError
-from pipeline.io import atomic_path, file_digest, label_png_path, read_label, resume_folder, save_label_png
+from pipeline.io import SOURCE_FILE, atomic_path, file_digest, label_png_path, read_label, resume_folder, save_label_png
 from pipeline.metrics import IGNORE, confusion, miou
 from pipeline.ops.crf import crf_labels, pairwise_kernel
-from pipeline.params import CrfSection
+from pipeline.params import CrfSection, MakeIrLabel
 
 
 def confident_labels(kernel: torch.Tensor, cams: torch.Tensor, threshold: float, crf: CrfSection) -> torch.Tensor:
@@ -58,15 +59,22 @@ def ir_label_shard(records: list[ImageRecord], cam_folder: str, out: str, fg_thr
     return len(todo)
 
 
-def make_ir_labels(records: list[ImageRecord], cam_folder: Path, out: Path, cfg, crf, dist) -> int:
+def ir_label_stamp(records: list[ImageRecord], cam_folder: Path, cfg: MakeIrLabel, crf: CrfSection) -> dict:
+    """What the IR labels are made from: the images, the CAMs (their folder's own stamp), the
+    thresholds and the CRF, this code."""
+    return {"inputs": {"data": data_fingerprint(records), "cams": file_digest(Path(cam_folder) / SOURCE_FILE),
+                       "code": code_digest(__name__)},
+            "params": {"make_ir_label": cfg.model_dump(exclude={"num_workers", "batch_size"}), "crf": crf.model_dump()}}
+
+
+def make_ir_labels(records: list[ImageRecord], cam_folder: Path, out: Path, cfg: MakeIrLabel, crf: CrfSection, dist) -> int:
     """IR labels for all records, sharded over `cfg.num_workers` Ray tasks; a rerun skips done images."""
     from pipeline.distributed import map_shards
 
     missing = [r.image_id for r in records if not cam_path(cam_folder, r.image_id).is_file()]
     if missing:
         raise UserError(f"{cam_path(cam_folder, missing[0])}: CAM file missing ({len(missing)} of {len(records)}; run make_cam first)")
-    resume_folder(out, {"cams": file_digest(cam_folder / "source.json"), "crf": crf.model_dump(),
-                        **cfg.model_dump(exclude={"num_workers", "batch_size"})})
+    resume_folder(out, ir_label_stamp(records, cam_folder, cfg, crf))
     written = map_shards(ir_label_shard, records, cfg.num_workers, dist.use_gpu, str(cam_folder.resolve()), str(out.resolve()),
                          cfg.fg_threshold, cfg.bg_threshold, crf, cfg.batch_size, dist.use_gpu,
                          cpus=dist.cpus_per_worker)

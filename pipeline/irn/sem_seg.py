@@ -9,11 +9,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.codedeps import code_digest
 from pipeline.data.cam_files import CAM_STRIDE, cam_path, load_cam
 from pipeline.data.images import load_image
-from pipeline.data.manifest import ImageRecord, same_shape_batches
+from pipeline.data.manifest import ImageRecord, data_fingerprint, same_shape_batches
 from pipeline.errors import UserError
-from pipeline.io import NET_WEIGHTS, atomic_path, file_digest, label_png_path, resume_folder, save_label_png
+from pipeline.io import NET_WEIGHTS, SOURCE_FILE, atomic_path, file_digest, label_png_path, resume_folder, save_label_png
 from pipeline.irn.random_walk import propagate
 from pipeline.nets.boundary import BoundaryNet, boundary_map, load_boundary_net
 from pipeline.ops.crf import crf_labels, pairwise_kernel
@@ -62,6 +63,15 @@ def _labels(net, batch: list[ImageRecord], cams: list[dict], walk: MakeSemSeg, c
     return walk_labels(net, images, maps, walk, crf).cpu().numpy()
 
 
+def sem_seg_stamp(records: list[ImageRecord], net_dir: Path, cam_folder: Path, cfg: MakeSemSeg, crf: CrfSection) -> dict:
+    """What the pseudo labels are made from: the images, the boundary net, the CAMs (their
+    folder's own stamp), the walk's settings and the CRF's when it refines them, this code."""
+    return {"inputs": {"data": data_fingerprint(records), "irn": file_digest(Path(net_dir) / NET_WEIGHTS),
+                       "cams": file_digest(Path(cam_folder) / SOURCE_FILE), "code": code_digest(__name__)},
+            "params": {"make_sem_seg": cfg.model_dump(exclude={"num_workers", "batch_size"}),
+                       "crf": crf.model_dump() if cfg.crf else None}}
+
+
 def make_sem_seg(records: list[ImageRecord], net_dir: Path, cam_folder: Path, out: Path, cfg, crf, dist) -> int:
     """Pseudo labels for all records, sharded over `cfg.num_workers` Ray tasks; a rerun skips done images."""
     from pipeline.distributed import map_shards
@@ -70,8 +80,7 @@ def make_sem_seg(records: list[ImageRecord], net_dir: Path, cam_folder: Path, ou
     missing = [r.image_id for r in records if not cam_path(cam_folder, r.image_id).is_file()]
     if missing:
         raise UserError(f"{cam_path(cam_folder, missing[0])}: CAM file missing ({len(missing)} of {len(records)}; run make_cam first)")
-    resume_folder(out, {"irn_sha256": file_digest(net_dir / NET_WEIGHTS), "cams": file_digest(cam_folder / "source.json"),
-                        "crf": crf.model_dump() if cfg.crf else None, **cfg.model_dump(exclude={"num_workers", "batch_size"})})
+    resume_folder(out, sem_seg_stamp(records, net_dir, cam_folder, cfg, crf))
     written = map_shards(sem_seg_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(cam_folder.resolve()),
                          str(out.resolve()), cfg, crf, dist.use_gpu,
                          cpus=dist.cpus_per_worker)

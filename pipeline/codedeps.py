@@ -2,10 +2,15 @@
 
 The import graph is read from the source (every `import pipeline...` and `from pipeline...
 import ...`, those inside functions included), so it is the same whether or not a lazy import
-has run yet. Two things are derived from it instead of being listed by hand: the code digest
-that names a Ray Train run (a changed module starts a fresh run instead of resuming an old
-checkpoint) and the check that every stage's dvc.yaml deps cover the modules its script
-imports (tests/test_layout.py).
+has run yet. Derived from it instead of listed by hand: dvc.yaml's code deps of every stage
+(`python -m pipeline.codedeps` writes them; tests/test_layout.py fails while they differ), the
+code digest in the name of a Ray Train run (a changed module starts a fresh run instead of
+resuming an old checkpoint), in the resume stamps of the per-image stages and in the tiny CLIP's
+takeover check.
+
+Modules that cannot change what a stage writes or what a net learns are left out (NEUTRAL):
+MLflow tracking, the wrapper that prints a stage's errors, the CLI and this module. Editing them
+reruns nothing.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from pathlib import Path
 PACKAGE = "pipeline"
 PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
+NEUTRAL = frozenset(PACKAGE_DIR / name for name in ("tracking.py", "stage.py", "cli.py", "codedeps.py"))
 
 
 def module_file(name: str) -> Path | None:
@@ -61,14 +67,15 @@ def direct_imports(path: Path) -> frozenset[Path]:
 
 def project_files(*entries: str | Path) -> list[Path]:
     """Every project file that the entry files or modules import, transitively, entries included
-    (sorted). Empty package __init__ files are left out: they hold no code to depend on."""
+    (sorted); NEUTRAL modules are neither listed nor followed. Empty package __init__ files are
+    left out: they hold no code to depend on."""
     todo = [Path(e).resolve() if isinstance(e, Path) or str(e).endswith(".py") else module_file(e) for e in entries]
     if None in todo:
         raise ValueError(f"not a project module: {entries[todo.index(None)]}")
     seen: set[Path] = set()
     while todo:
         path = todo.pop()
-        if path not in seen:
+        if path not in seen and path not in NEUTRAL:
             seen.add(path)
             todo.extend(direct_imports(path))
     return sorted(p for p in seen if p.stat().st_size > 0)

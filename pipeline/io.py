@@ -18,14 +18,15 @@ from pipeline.errors import UserError
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)
+    mask = os.umask(0o022)  # reading the umask means setting it; set back at once
     os.umask(mask)
     return mask
 
 
 # mkstemp and mkdtemp create 0600 files and 0700 folders; what the stages write gets the modes
 # any other file or folder gets under the user's umask.
-FILE_MODE, DIR_MODE = 0o666 & ~_current_umask(), 0o777 & ~_current_umask()
+_UMASK = _current_umask()
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
 
 
 @contextmanager
@@ -181,14 +182,15 @@ def per_image_path(folder: str | Path, image_id: str, suffix: str) -> Path:
     is data, and an id such as '../../x' must not choose where a stage writes)."""
     folder = Path(folder)
     path = folder / f"{image_id}{suffix}"
-    if bad_image_id(image_id) or path.resolve().parent != folder.resolve():
+    # lexically, not resolved: a folder of symlinks (a DVC cache checked out as links) is fine
+    if bad_image_id(image_id) or Path(os.path.normpath(path)).parent != Path(os.path.normpath(folder)):
         raise UserError(f"{folder}: image id {image_id!r} is not a plain file name")
     return path
 
 
 def bad_image_id(image_id: str) -> bool:
-    """An id that is not a plain file name: empty, a path (/ or \\), '..' or a NUL."""
-    return not image_id or any(part in image_id for part in ("/", "\\", "..", "\0"))
+    """An id that is not a plain file name: empty, '.' or '..', a path (/ or \\) or a NUL."""
+    return image_id in ("", ".", "..") or any(part in image_id for part in ("/", "\\", "\0"))
 
 
 def label_png_path(folder: str | Path, image_id: str) -> Path:

@@ -1,9 +1,7 @@
-"""What every stage does around its work: validate params first, turn user errors into one line;
-and the check_params stage's check, which runs before every other stage."""
+"""What every stage does around its work: validate params first, turn user errors into one line."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Callable
 
 from pipeline.errors import UserError
@@ -30,16 +28,3 @@ def stage_argument(choices: tuple[str, ...]) -> str:
         raise UserError(f"usage: {sys.argv[0]} {{{','.join(choices)}}}")
     return sys.argv[1]
 
-
-def check_named_files(params: Params) -> None:
-    """The files and folders params name exist: the dataset root (VOC, COCO), the CLIP and
-    backbone weights. check_params runs this before any stage that writes, so that a wrong path
-    stops `dvc repro` before DVC removes the outputs of the stage that would read it."""
-    from pipeline.data.real import dataset_root
-
-    if params.dataset.name != "synthetic" and not dataset_root(params.dataset).is_dir():
-        raise UserError(f"{dataset_root(params.dataset)}: dataset.root is not a folder (where {params.dataset.name} should be)")
-    named = {"clip.weights": getattr(params.clip, "weights", None), "backbone.weights": params.backbone.weights}
-    for key, path in named.items():
-        if path and not Path(path).expanduser().is_file():
-            raise UserError(f"{path}: {key} names no file")

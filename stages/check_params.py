@@ -3,7 +3,8 @@ other stage. DVC removes a stage's outputs before it runs the stage, so a bad va
 the stage found would already have cost them; this stage fails first and `dvc repro` stops."""
 from pipeline import layout
 from pipeline.io import atomic_path
-from pipeline.stage import check_named_files, run_stage
+from pipeline.preflight import check_named_files
+from pipeline.stage import run_stage
 
 
 def main(params):

@@ -126,7 +126,7 @@ def test_scoring_a_net_in_memory_equals_make_cam_then_the_sweep(tmp_path):
     """A sweep trial's held-out score (no files) is what make_cam + the threshold sweep give."""
     from types import SimpleNamespace
 
-    from pipeline.cam.evaluate import held_out_scorer, score_net
+    from pipeline.cam.held_out import held_out_scorer, score_net
     rng = np.random.default_rng(1)
     records = []
     for i in range(4):

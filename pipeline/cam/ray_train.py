@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cam.evaluate import held_out_scorer
+from pipeline.cam.held_out import held_out_scorer
 from pipeline.cam.train import baseline_step, clims_loss_from, clims_step, make_optimizer
 from pipeline.data.manifest import read_manifest
 from pipeline.data.training_sets import CamTrainSet

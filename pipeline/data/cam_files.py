@@ -44,9 +44,10 @@ def load_cam(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def readable_cam(path: Path) -> bool:
-    """Whether a CAM file exists and reads whole (a resume keeps only those)."""
+    """Whether a CAM file exists and is a whole archive (a resume keeps only those): a truncated
+    .npz has lost the directory at its end, which opening reads without decompressing anything."""
     try:
-        load_cam(path)
+        zipfile.ZipFile(path).close()
         return True
-    except UserError:
+    except (OSError, zipfile.BadZipFile):
         return False

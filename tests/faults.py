@@ -46,5 +46,12 @@ def counting_starts(worker, log: Path):
     return wrapped
 
 
+
+def refusing_work(items: list) -> None:
+    """Per-image work (a Ray task's) that finds its first image unreadable."""
+    from pipeline.errors import UserError
+
+    raise UserError(f"{items[0]}: unreadable image (a bad file)")
+
 # The workers cannot import the tests folder: ship this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from conftest import REPO, tiny_cam, tiny_world
-from faults import counting_starts, dying_once
+from faults import counting_starts, dying_once, refusing_work
 from pipeline.errors import UserError
 from pipeline.cam import ray_train
 from pipeline.cam.ray_train import train
@@ -99,3 +99,11 @@ def _listening(process: psutil.Process) -> list:
         return [c for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
+
+
+def test_a_data_error_in_a_ray_task_is_one_line(world):
+    from pipeline.distributed import map_shards
+
+    with pytest.raises(UserError) as error:
+        map_shards(refusing_work, ["a.png", "b.png"], 2, False)
+    assert str(error.value) in ("a.png: unreadable image (a bad file)", "b.png: unreadable image (a bad file)")

@@ -58,6 +58,7 @@ def _sweep(args) -> None:
 
 
 def _ui(args) -> None:
+    from pipeline.distributed import bindable_port
     from pipeline.params import load_params
     from pipeline.tracking import tracking_uri
 
@@ -66,18 +67,6 @@ def _ui(args) -> None:
     print(f"MLflow UI on {uri}: http://{args.host}:{port}", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(port)]
     os.execv(sys.executable, command)  # the server replaces this process: Ctrl-C stops it
-
-
-def bindable_port(host: str, port: int) -> int:
-    """`port` if a server can listen there now (0: a free one, chosen here); a busy port is one line."""
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise UserError(f"{host}:{port}: cannot listen there ({exc.strerror}); choose another with --port") from None
-        return probe.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> None:

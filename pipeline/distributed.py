@@ -44,7 +44,7 @@ def init_ray(dashboard: bool = False, num_cpus: int | None = None) -> None:
     if not address:
         # Ray takes its node address from here, at import: loopback rather than the host's address.
         os.environ[LOOPBACK_NODE_ENV] = "0"
-        port = free_port()
+        port = bindable_port("127.0.0.1", 0)
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         local = {"include_dashboard": dashboard, "dashboard_host": "127.0.0.1", "dashboard_port": port, "num_cpus": num_cpus}
     import ray
@@ -56,10 +56,13 @@ def init_ray(dashboard: bool = False, num_cpus: int | None = None) -> None:
              logging_config=ray.LoggingConfig(log_level="ERROR"), **local)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+def bindable_port(host: str, port: int) -> int:
+    """`port` if a server can listen there now (0: a free one, chosen here); a busy port is one line."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"{host}:{port}: cannot listen there ({exc.strerror}); choose another with --port") from None
         return probe.getsockname()[1]
 
 

@@ -15,6 +15,7 @@ from pipeline.cam.infer import make_cams
 from pipeline.data.cam_files import cam_path, load_cam
 from pipeline.data.manifest import ImageRecord, read_manifest, write_manifest
 from pipeline.data.real import voc_records
+from pipeline.distributed import bindable_port
 from pipeline.errors import UserError
 from pipeline.io import atomic_dir, atomic_path, label_png_path, read_net_folder, save_net_folder
 from pipeline.nets.cam_net import save_cam_net
@@ -123,4 +124,4 @@ def test_clims_ui_on_a_busy_port_is_one_line_and_port_0_is_a_real_port(monkeypat
             cli.main(["ui", "--port", str(port)])
     assert exited.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: 127.0.0.1:{port}: cannot listen there (")
-    assert cli.bindable_port("127.0.0.1", 0) > 0
+    assert bindable_port("127.0.0.1", 0) > 0

@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,13 @@ import pytest
 import yaml
 
 from conftest import REPO
+from pipeline.distributed import bindable_port
 from pipeline.params import validate
 from pipeline.sweep import MlflowTrials
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
 TRIALS = {f"t{i:04d}": {"otm": 2.0 + i, "btm": 24.0, "cbs": 1.0, "reg": 0.2, "tau": 0.3 + 0.05 * i} for i in range(4)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -100,7 +94,7 @@ def test_clims_ui_shows_the_sweep_runs_in_chromium(tmp_path, base_params):
         trials.finish(trial_id, config, "FINISHED")
     trials.end({"cam_miou": 47.0, "config": TRIALS["t0003"]})
 
-    port = _free_port()
+    port = bindable_port("127.0.0.1", 0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**base_params, "tracking": {"uri": uri, "experiment": "clims"}}))
     server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -121,7 +115,7 @@ def test_clims_ui_shows_the_sweep_runs_in_chromium(tmp_path, base_params):
         experiment = MlflowClient(uri).get_experiment_by_name("clims").experiment_id
         query = urllib.parse.quote("tags.`clims.sweep` = 'browser'")
         page = f"{url}/#/experiments/{experiment}/runs?searchFilter={query}"
-        debug_port = _free_port()
+        debug_port = bindable_port("127.0.0.1", 0)
         browser = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
                                     f"--remote-debugging-port={debug_port}", "about:blank"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

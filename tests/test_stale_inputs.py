@@ -42,7 +42,7 @@ def world(tmp_path, monkeypatch):
         records.append(scene(tmp_path, f"img{i}", label, seed=i))
     save_cam_net(tmp_path / "net", cam_net(0), SMALL, ["a", "b", "c"], "clims", [])
     make_cams(records, tmp_path / "net", tmp_path / "cams", MAKE_CAM, DIST)
-    save_boundary_net(tmp_path / "irn", BoundaryNet(small_resnet(SMALL.widths, SMALL.blocks, SMALL.strides), 8), SMALL, 8, [])
+    save_boundary_net(tmp_path / "irn", boundary_net(), SMALL, 8, [])
     return SimpleNamespace(root=tmp_path, records=records, monkeypatch=monkeypatch)
 
 
@@ -69,38 +69,51 @@ def other_cams(world) -> None:
     make_cams(world.records, world.root / "net", world.root / "cams", MAKE_CAM, DIST)
 
 
+def boundary_net() -> BoundaryNet:
+    return BoundaryNet(small_resnet(SMALL.widths, SMALL.blocks, SMALL.strides), 8)
+
+
 def other_irn(world) -> None:
-    net = BoundaryNet(small_resnet(SMALL.widths, SMALL.blocks, SMALL.strides), 8)
+    net = boundary_net()
     next(net.fuse.parameters()).data += 1
     save_boundary_net(world.root / "irn", net, SMALL, 8, [])
 
 
+# change -> (what changes on disk, what changes in each settings section)
 CAM_CHANGES = {
-    "net": lambda w, cfg: (other_net(w), cfg)[1],
-    "data": lambda w, cfg: (rewrite_image(w.records[0]), cfg)[1],
-    "params": lambda w, cfg: cfg.model_copy(update={"scales": [1.0]}),
-    "code": lambda w, cfg: (other_code(w, infer), cfg)[1],
+    "net": (other_net, {}),
+    "data": (lambda w: rewrite_image(w.records[0]), {}),
+    "params": (None, {"make_cam": {"scales": [1.0]}}),
+    "code": (lambda w: other_code(w, infer), {}),
 }
 IR_LABEL_CHANGES = {
-    "cams": lambda w, cfg, crf: (other_cams(w), (cfg, crf))[1],
-    "data": lambda w, cfg, crf: (rewrite_image(w.records[1]), (cfg, crf))[1],
-    "params": lambda w, cfg, crf: (cfg.model_copy(update={"fg_threshold": 0.35}), crf),
-    "crf": lambda w, cfg, crf: (cfg, crf.model_copy(update={"iterations": 4})),
-    "code": lambda w, cfg, crf: (other_code(w, ir_label), (cfg, crf))[1],
+    "cams": (other_cams, {}),
+    "data": (lambda w: rewrite_image(w.records[1]), {}),
+    "params": (None, {"make_ir_label": {"fg_threshold": 0.35}}),
+    "crf": (None, {"crf": {"iterations": 4}}),
+    "code": (lambda w: other_code(w, ir_label), {}),
 }
 SEM_SEG_CHANGES = {
-    "irn": lambda w, cfg, crf: (other_irn(w), (cfg, crf))[1],
     **IR_LABEL_CHANGES,
-    "params": lambda w, cfg, crf: (cfg.model_copy(update={"beta": 8.0}), crf),
-    "code": lambda w, cfg, crf: (other_code(w, sem_seg), (cfg, crf))[1],
+    "irn": (other_irn, {}),
+    "params": (None, {"make_sem_seg": {"beta": 8.0}}),
+    "code": (lambda w: other_code(w, sem_seg), {}),
 }
+
+
+def apply(change, world, **sections):
+    """Make `change` (an entry of the tables above) and return the sections with its settings."""
+    on_disk, settings = change
+    if on_disk is not None:
+        on_disk(world)
+    return [cfg.model_copy(update=settings.get(name, {})) for name, cfg in sections.items()]
 
 
 @pytest.mark.parametrize("change", CAM_CHANGES)
 def test_make_cam_keeps_no_cam_made_from_other_inputs(world, change):
     out = world.root / "cams"  # made by the fixture
     assert make_cams(world.records, world.root / "net", out, MAKE_CAM, DIST) == 0  # unchanged: all kept
-    cfg = CAM_CHANGES[change](world, MAKE_CAM)
+    [cfg] = apply(CAM_CHANGES[change], world, make_cam=MAKE_CAM)
     assert make_cams(world.records, world.root / "net", out, cfg, DIST) == 3
 
 
@@ -109,7 +122,7 @@ def test_make_ir_label_keeps_no_label_made_from_other_inputs(world, change):
     out = world.root / "ir_labels"
     assert make_ir_labels(world.records, world.root / "cams", out, IR_LABEL, CRF, DIST) == 3
     assert make_ir_labels(world.records, world.root / "cams", out, IR_LABEL, CRF, DIST) == 0
-    cfg, crf = IR_LABEL_CHANGES[change](world, IR_LABEL, CRF)
+    cfg, crf = apply(IR_LABEL_CHANGES[change], world, make_ir_label=IR_LABEL, crf=CRF)
     assert make_ir_labels(world.records, world.root / "cams", out, cfg, crf, DIST) == 3
 
 
@@ -118,7 +131,7 @@ def test_make_sem_seg_keeps_no_label_made_from_other_inputs(world, change):
     out, cams, irn = world.root / "pseudo_labels", world.root / "cams", world.root / "irn"
     assert make_sem_seg(world.records, irn, cams, out, WALK, CRF, DIST) == 3
     assert make_sem_seg(world.records, irn, cams, out, WALK, CRF, DIST) == 0
-    cfg, crf = SEM_SEG_CHANGES[change](world, WALK, CRF)
+    cfg, crf = apply(SEM_SEG_CHANGES[change], world, make_sem_seg=WALK, crf=CRF)
     assert make_sem_seg(world.records, irn, cams, out, cfg, crf, DIST) == 3
 
 

@@ -27,8 +27,17 @@ from common import REPO, write_results
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
 
-def timed_run(command: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, list[tuple[float, str]]]:
-    """Run `command`, echo and keep its output with each line's arrival time; fail on a non-zero exit."""
+def clone_env(workdir: Path) -> dict:
+    """This environment's packages with the clone's code (ahead of an editable install of another
+    checkout), and the clone's own MLflow store."""
+    env = {**os.environ, "PYTHONPATH": str(workdir), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def timed_run(command: list[str], cwd: Path, env: dict, log: Path, echo: bool = True) -> tuple[float, list[tuple[float, str]]]:
+    """Run `command`, keep (and echo) its output with each line's arrival time; fail on a non-zero exit."""
     start = time.perf_counter()
     lines: list[tuple[float, str]] = []
     with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc, \
@@ -36,7 +45,8 @@ def timed_run(command: list[str], cwd: Path, env: dict, log: Path) -> tuple[floa
         for line in proc.stdout:
             lines.append((time.perf_counter() - start, line.rstrip("\n")))
             sink.write(line)
-            sys.stdout.write(line)
+            if echo:
+                sys.stdout.write(line)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit {proc.returncode}; output in {log}")
     return time.perf_counter() - start, lines
@@ -57,10 +67,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clims-wall-")) / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(workdir)], check=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True).stdout.strip()
-    # This environment's packages, the clone's code (ahead of an editable install of another checkout).
-    env = {**os.environ, "PYTHONPATH": str(workdir), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = clone_env(workdir)
     log = workdir.parent / "dvc_repro.log"
     print(f"fresh clone of {commit[:8]} in {workdir}; output also in {log}")
 

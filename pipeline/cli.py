@@ -57,6 +57,15 @@ def _sweep(args) -> None:
     print(yaml.safe_dump(report, sort_keys=False, width=1000).rstrip())
 
 
+def _report(args) -> None:
+    from pipeline.headline import format_report, read_headlines
+
+    figures = read_headlines(args.metrics)
+    if not figures:
+        raise UserError(f"{args.metrics}/: no metrics yet; run `dvc repro`")
+    print(format_report(figures))
+
+
 def _ui(args) -> None:
     from pipeline.distributed import bindable_port
     from pipeline.params import load_params
@@ -85,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--search", help="sweep.search: random | grid | optuna")
     p.add_argument("--epochs", type=int, help="sweep.epochs: CLIMS epochs per trial")
     p.set_defaults(func=_sweep)
+    p = sub.add_parser("report", help="the headline figures and the default's claims, from metrics/")
+    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="the metrics folder (default: metrics)")
+    p.set_defaults(func=_report)
     p = sub.add_parser("ui", help="the MLflow UI on the project's tracking store")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=5000)

@@ -23,5 +23,11 @@ def log_history(run, stage: str, history: list[dict], extra: dict | None = None)
     write_curve(layout.PLOTS_DIR / f"{stage}.csv", history)
     for row in history:
         run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-    write_json(layout.METRICS_DIR / f"{stage}.json", {**history[-1], **(extra or {})})
+    write_metrics(run, stage, {**history[-1], **(extra or {})})
     run.log_metrics(extra or {})
+
+
+def write_metrics(run, record: str, metrics: dict) -> None:
+    """All figures to metrics/<record>.json (a DVC metric); the headline ones to the pipeline's run."""
+    write_json(layout.METRICS_DIR / f"{record}.json", metrics)
+    run.log_headline(record, metrics)

@@ -59,10 +59,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class StageRun:
-    """The MLflow child run of one stage."""
+    """The MLflow child run of one stage, under the pipeline's parent run."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, parent_id: str | None = None):
+        self.client, self.run_id, self.parent_id = client, run_id, parent_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -71,6 +71,14 @@ class StageRun:
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_headline(self, record: str, metrics: Mapping) -> None:
+        """The record's headline figures on the parent run too: pipeline runs compare by them."""
+        from pipeline.headline import headline
+
+        figures = headline(record, metrics)
+        if figures and self.parent_id:
+            StageRun(self.client, self.parent_id).log_metrics(figures)
 
     def log_image(self, image: np.ndarray, name: str) -> None:
         self.client.log_image(self.run_id, image, artifact_file=name)
@@ -124,7 +132,7 @@ def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRu
     )
     log_params(client, run.info.run_id, {section: dumped[section] for section in sections})
     try:
-        yield StageRun(client, run.info.run_id)
+        yield StageRun(client, run.info.run_id, parent)
     except BaseException:
         client.set_terminated(run.info.run_id, "FAILED")
         raise

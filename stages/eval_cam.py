@@ -1,9 +1,8 @@
 """DVC stage eval_cam (baseline or clims): mIoU over background thresholds, context leak, P's mIoU."""
 from pipeline import layout, tracking
 from pipeline.cam.evaluate import evaluate_cams, overlay
-from pipeline.report import write_curve
+from pipeline.report import write_curve, write_metrics
 from pipeline.data.manifest import read_manifest
-from pipeline.io import write_json
 from pipeline.stage import run_stage, stage_argument
 
 
@@ -18,7 +17,7 @@ def main(params, kind: str):
         for row in curve:
             run.log_metrics({k: v for k, v in row.items() if k != "threshold"}, step=round(100 * row["threshold"]))
         write_curve(layout.PLOTS_DIR / f"cam_{kind}_thresholds.csv", curve)
-        write_json(layout.METRICS_DIR / f"cam_{kind}.json", metrics)
+        write_metrics(run, f"cam_{kind}", metrics)
         leak = f", context leak {metrics['context_leak']:.1f} %" if "context_leak" in metrics else ""
         print(f"CAM {kind}: mIoU {metrics['miou']:.1f} at threshold {metrics['best_threshold']:.2f}{leak}; "
               f"P mIoU {metrics['mask_miou']:.1f} at {metrics['mask_best_threshold']:.2f}")

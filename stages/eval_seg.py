@@ -4,9 +4,9 @@ from PIL import Image
 
 from pipeline import layout, tracking
 from pipeline.data.manifest import read_manifest
-from pipeline.io import atomic_path, write_json
+from pipeline.io import atomic_path
 from pipeline.nets.deeplab import load_seg_net
-from pipeline.report import write_curve
+from pipeline.report import write_curve, write_metrics
 from pipeline.scoring import context_ids, side_by_side, summarise, threshold_totals, with_ground_truth
 from pipeline.seg.evaluate import confusion_image, predict_labels
 from pipeline.stage import run_stage
@@ -32,7 +32,7 @@ def main(params):
                     [{"actual": a, **{p: int(n) for p, n in zip(labels, row)}} for a, row in zip(labels, totals.confusion[0])])
         with atomic_path(layout.PLOTS_DIR / "segmentation_confusion.png") as tmp:
             Image.fromarray(matrix).save(tmp, format="PNG")
-        write_json(layout.METRICS_DIR / "segmentation.json", {"images": len(records), **metrics})
+        write_metrics(run, "segmentation", {"images": len(records), **metrics})
         print(f"segmentation (val, {len(records)} images): mIoU {metrics['miou']:.1f}")
 
 

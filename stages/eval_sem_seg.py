@@ -3,8 +3,8 @@ import json
 
 from pipeline import layout, tracking
 from pipeline.data.manifest import read_manifest
-from pipeline.io import colorize, label_png_path, read_label, write_json
-from pipeline.report import write_curve
+from pipeline.io import colorize, label_png_path, read_label
+from pipeline.report import write_curve, write_metrics
 from pipeline.scoring import evaluate_label_maps, side_by_side
 from pipeline.stage import run_stage
 
@@ -22,7 +22,7 @@ def main(params):
         cam_iou = json.loads(cam_metrics.read_text())["per_class_iou"] if cam_metrics.is_file() else {}
         write_curve(layout.PLOTS_DIR / "pseudo_labels_per_class.csv",
                     [{"class": name, "cam": cam_iou.get(name), "pseudo_label": iou} for name, iou in metrics["per_class_iou"].items()])
-        write_json(layout.METRICS_DIR / "pseudo_labels.json", metrics)
+        write_metrics(run, "pseudo_labels", metrics)
         leak = f", context leak {metrics['context_leak']:.1f} %" if "context_leak" in metrics else ""
         print(f"pseudo labels: mIoU {metrics['miou']:.1f}{leak}")
 

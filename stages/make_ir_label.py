@@ -1,7 +1,7 @@
 """DVC stage make_ir_label: CRF-refined confident foreground/background from the CAMs (IRN's IR labels)."""
 from pipeline import layout, tracking
 from pipeline.data.manifest import read_manifest
-from pipeline.io import write_json
+from pipeline.report import write_metrics
 from pipeline.irn.ir_label import ir_label_quality, make_ir_labels
 from pipeline.stage import run_stage
 
@@ -13,7 +13,7 @@ def main(params):
         written = make_ir_labels(records, layout.cams_dir(cfg.cams), layout.IR_LABELS_DIR, cfg, params.crf, params.distributed)
         scored = read_manifest(layout.manifest_path(layout.TRAIN_EVAL))
         quality = ir_label_quality(scored, layout.IR_LABELS_DIR, len(params.dataset.class_names))
-        write_json(layout.METRICS_DIR / "ir_labels.json", {"images": len(scored), **quality})
+        write_metrics(run, "ir_labels", {"images": len(scored), **quality})
         run.log_metrics({"written": written, **quality})
         figures = f": {quality['coverage']:.1f} % of pixels labelled, mIoU there {quality['miou']:.1f}" if quality else ""
         print(f"make_ir_label: {written} IR labels written, {len(records) - written} already there{figures}")

@@ -1,7 +1,8 @@
 """DVC stage prepare_clip: the frozen CLIP, its cached text embeddings, and its zero-shot report."""
 from pipeline import layout, tracking
 from pipeline.clip.prepare import prepare_clip
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir
+from pipeline.report import write_metrics
 from pipeline.stage import run_stage
 
 # the synthetic world's report (pipeline.clip.probes.clip_report), then a real dataset's (dataset_report)
@@ -21,7 +22,7 @@ def main(params):
 
         with atomic_dir(layout.CLIP_DIR) as out:
             metrics = prepare_clip(params, out, previous=layout.CLIP_DIR, log_loss=log_loss)
-        write_json(layout.METRICS_DIR / "clip.json", metrics)
+        write_metrics(run, "clip", metrics)
         run.log_metrics(metrics)
         random = params.clip.source == "tiny" and not params.clip.train.steps
         print(f"{'tiny CLIP' if params.clip.source == 'tiny' else 'CLIP'} zero-shot report"

@@ -4,7 +4,8 @@ from PIL import Image
 
 from pipeline import layout, tracking
 from pipeline.data.prepare import prepare_splits
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir
+from pipeline.report import write_metrics
 from pipeline.stage import run_stage
 
 
@@ -12,7 +13,7 @@ def main(params):
     with tracking.stage_run("prepare_data", params, sections=("dataset",)) as run:
         with atomic_dir(layout.DATA_DIR) as out:
             metrics = prepare_splits(params.dataset, out, final=layout.DATA_DIR)
-        write_json(layout.METRICS_DIR / "data.json", metrics)
+        write_metrics(run, "data", metrics)
         run.log_metrics(metrics)
         run.log_image(np.asarray(Image.open(layout.DATA_DIR / "preview.png")), "preview.png")
         made = "rendered" if params.dataset.name == "synthetic" else f"listed {params.dataset.name}'s"

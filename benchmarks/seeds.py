@@ -1,0 +1,106 @@
+"""The whole pipeline over several seeds: does every claim of the default hold on every run?
+
+    python benchmarks/seeds.py [--runs 5] [--vary clip|nets|world|all] [--first-seed 0]
+                               [--workdir DIR] [--out seeds] [-S key=value ...]
+
+Clones the repository's HEAD once into a fresh folder and runs `dvc repro` there once per seed,
+with this environment's packages: run i sets seed first_seed + i on what --vary names (clip: the
+tiny CLIP's training; nets: the baseline, CLIMS, IRN and segmentation nets; world: the rendered
+data; all: every one of them). Stages whose settings a run shares with an earlier one come from
+DVC's run cache. Writes benchmarks/results/<out>.json after every run (each run's seeds,
+seconds and headline figures, pipeline/headline.py) and prints mean, std and worst of each
+figure and how many runs satisfy each claim.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from common import REPO, write_results
+from pipeline_wall import clone_env, timed_run
+
+sys.path.insert(0, str(REPO))
+from pipeline.headline import check_claims, read_headlines  # noqa: E402
+
+SEED_KEYS = {
+    "clip": ("clip.train.seed",),
+    "nets": ("train_cam.seed", "train_clims.seed", "train_irn.seed", "train_seg.seed"),
+    "world": ("dataset.seed",),
+}
+SEED_KEYS["all"] = sum(SEED_KEYS.values(), ())
+# a higher figure is better except for these; "worst" is the other end
+LOWER_IS_BETTER = ("context_leak",)
+
+
+def set_key(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree[key]
+    tree[leaf] = value
+
+
+def summary(runs: list[dict]) -> dict[str, dict]:
+    """Mean, population std and worst of every headline figure over the runs."""
+    keys = sorted({key for run in runs for key in run["figures"]})
+    table = {}
+    for key in keys:
+        values = [run["figures"][key] for run in runs if key in run["figures"]]
+        worst = max(values) if key.endswith(LOWER_IS_BETTER) else min(values)
+        table[key] = {"mean": statistics.mean(values), "std": statistics.pstdev(values), "worst": worst, "runs": len(values)}
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--vary", choices=list(SEED_KEYS), default="all")
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first run (0: the committed default)")
+    parser.add_argument("--workdir", type=Path, help="where to clone (default: a new temporary folder)")
+    parser.add_argument("--out", default="seeds", help="results name: benchmarks/results/<out>.json")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), every run")
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clims-seeds-")) / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(workdir)], check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True).stdout.strip()
+    env, log = clone_env(workdir), workdir.parent / "dvc_repro.log"
+    base = yaml.safe_load((workdir / "params.yaml").read_text())
+    for override in args.overrides:
+        key, value = override.split("=", 1)
+        set_key(base, key, yaml.safe_load(value))
+    print(f"{args.runs} runs varying {args.vary} seeds, clone of {commit[:8]} in {workdir}; output in {log}", flush=True)
+
+    runs: list[dict] = []
+    for seed in range(args.first_seed, args.first_seed + args.runs):
+        params = json.loads(json.dumps(base))
+        for key in SEED_KEYS[args.vary]:
+            set_key(params, key, seed)
+        (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        start = time.perf_counter()
+        timed_run(["dvc", "repro"], workdir, env, log, echo=False)
+        figures = read_headlines(workdir / "metrics")
+        runs.append({"seed": seed, "seeds": {key: seed for key in SEED_KEYS[args.vary]},
+                     "seconds": round(time.perf_counter() - start, 1), "figures": figures, "claims": check_claims(figures)})
+        print(f"seed {seed}: {runs[-1]['seconds']:.0f} s, " + ", ".join(
+            f"{k} {v:.1f}" for k, v in figures.items() if k.endswith(("miou", "context_leak"))), flush=True)
+        report = {"commit": commit, "vary": args.vary, "overrides": args.overrides, "runs": runs, "summary": summary(runs),
+                  "claims_held": {claim: sum(bool(run["claims"][claim]) for run in runs) for claim in runs[0]["claims"]}}
+        write_results(args.out, report, quiet=True)
+
+    print(f"\n{'figure':32s} {'mean':>7s} {'std':>6s} {'worst':>7s}   over {len(runs)} runs varying {args.vary} seeds")
+    for key, row in report["summary"].items():
+        print(f"{key:32s} {row['mean']:7.2f} {row['std']:6.2f} {row['worst']:7.2f}")
+    for claim, held in report["claims_held"].items():
+        print(f"{claim:50s} held on {held} of {len(runs)} runs")
+
+
+if __name__ == "__main__":
+    main()

@@ -343,6 +343,7 @@ class TrainIrn(Training):
 class MakeSemSeg(Section):
     """Random walk of the CAMs over the boundary net's affinities (pipeline.irn.random_walk)."""
 
+    walk: bool = True  # false: the CAMs go to the background score and the CRF unwalked (the ablation's "no walk")
     radius: Annotated[int, Field(ge=2)]
     beta: PositiveFloat
     exp_times: Annotated[int, Field(ge=0, le=12)]  # 2^exp_times steps

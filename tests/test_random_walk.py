@@ -48,3 +48,34 @@ def test_a_batch_walks_like_its_images_one_by_one():
     batched = propagate(cams, boundary, radius=3, beta=5.0, exp=3)
     single = torch.stack([propagate(c, b, radius=3, beta=5.0, exp=3) for c, b in zip(cams, boundary)])
     assert torch.allclose(batched, single, atol=1e-6)
+
+
+def test_no_walk_labels_the_cams_as_they_are_and_the_walk_spreads_them():
+    """make_sem_seg.walk=false (the ablation's "no walk"): the x4-upsampled CAMs, each image over
+    its maximum, against the background score; the walk moves the same CAMs' labels."""
+    import torch.nn.functional as F
+
+    from pipeline.irn.sem_seg import walk_labels
+    from pipeline.nets.backbone import build_backbone
+    from pipeline.nets.boundary import BoundaryNet
+    from pipeline.params import MakeSemSeg
+    from tiny_scenes import SMALL
+
+    torch.manual_seed(0)
+    net = BoundaryNet(build_backbone(SMALL), side_channels=8).eval()
+    with torch.no_grad():  # no boundary anywhere: every neighbour within the radius is reachable
+        net.fuse.weight.zero_()
+        net.fuse.bias.fill_(-10.0)
+    images, cams = torch.rand(2, 3, 32, 32), torch.rand(2, 2, 8, 8) ** 4
+    cfg = dict(radius=3, beta=10.0, exp_times=3, damp_boundary=False, bg_threshold=0.2, crf=False, batch_size=2, num_workers=0)
+    unwalked = walk_labels(net, images, cams, MakeSemSeg(walk=False, **cfg))
+    up = F.interpolate(cams, scale_factor=4, mode="bilinear", align_corners=False)
+    up = up / up.flatten(1).amax(1)[:, None, None, None]
+    expected = torch.cat([torch.full_like(up[:, :1], 0.2), up], 1).argmax(1)
+    assert torch.equal(unwalked, expected)
+    # one hot cell per class: the walk spreads each over its neighbourhood, the CAM keeps it to that cell
+    cams = torch.zeros(2, 2, 8, 8)
+    cams[:, 0, 2, 2] = cams[:, 1, 5, 5] = 1.0
+    unwalked = walk_labels(net, images, cams, MakeSemSeg(walk=False, **cfg))
+    walked = walk_labels(net, images, cams, MakeSemSeg(walk=True, **cfg))
+    assert (unwalked > 0).sum() < 0.5 * (walked > 0).sum()

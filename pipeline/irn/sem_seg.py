@@ -25,11 +25,11 @@ from pipeline.params import CrfSection, MakeSemSeg
 def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg: MakeSemSeg,
                 crf: CrfSection | None = None) -> torch.Tensor:
     """Label indices (N, H, W) in 0..K (0 = background) for images (N, 3, H, W) in [0, 1] and
-    their stride-4 CAMs (N, K, h, w); `cfg`: radius, beta, exp_times, damp_boundary, bg_threshold.
+    their stride-4 CAMs (N, K, h, w); `cfg`: walk, radius, beta, exp_times, damp_boundary, bg_threshold.
     With `crf`, the walked labels are refined by the dense CRF on the image."""
     boundary = boundary_map(net, images)
     start = cams * (1 - boundary[:, None]) if cfg.damp_boundary else cams
-    walked = propagate(start, boundary, cfg.radius, cfg.beta, cfg.exp_times)
+    walked = propagate(start, boundary, cfg.radius, cfg.beta, cfg.exp_times) if cfg.walk else start
     height, width = images.shape[-2:]
     up = F.interpolate(walked, scale_factor=CAM_STRIDE, mode="bilinear", align_corners=False)[..., :height, :width]
     up = up / up.flatten(1).amax(1).clamp_min(1e-5)[:, None, None, None]  # each image by its maximum

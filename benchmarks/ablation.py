@@ -1,0 +1,158 @@
+"""The paper's ablation over seeds: which CLIMS term earns what, and what IRN's walk adds.
+
+    python benchmarks/ablation.py [--seeds 0 1 2] [--variants otm otm_btm otm_btm_cbs full]
+                                  [--source DIR] [--out ablation] [-S key=value ...]
+
+For every seed (of the baseline's and CLIMS's training, and of the boundary net's) the baseline
+CAM net is trained once; each CLIMS variant starts from it, the losses switched on one by one:
+OTM; OTM+BTM; OTM+BTM+CBS; all four ("full"). From the full variant's CAMs, IRN runs on: IR
+labels, the boundary net, pseudo labels by the walk, then the same pseudo labels without the walk
+(`make_sem_seg.walk=false`: the CAMs straight to the background score and the CRF). The stages
+run as their real commands in a scratch folder per run that shares the rendered data and the
+CLIP of `--source` (default: this repository; run `dvc repro prepare_clip` there first).
+
+Writes benchmarks/results/<out>.json (every run's figures) and prints the table: CAM mIoU at
+each net's best background threshold, the paired gain of each row over the row before it,
+context leak, pseudo-label mIoU; mean ± std and worst over the seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from common import REPO, write_results
+from seeds import set_key
+
+LOSS_OFF = {"otm": {"btm": 0.0, "cbs": 0.0, "reg": 0.0}, "otm_btm": {"cbs": 0.0, "reg": 0.0}, "otm_btm_cbs": {"reg": 0.0}}
+VARIANTS = {
+    **{name: {f"clims_loss.weights.{term}": 0.0 for term in off} for name, off in LOSS_OFF.items()},
+    "full": {},
+    "no_cbs": {"clims_loss.weights.cbs": 0.0},
+    "no_btm": {"clims_loss.weights.btm": 0.0},
+    "camera_ready": {"clims_loss": yaml.safe_load((REPO / "conf" / "clims_loss" / "camera_ready.yaml").read_text())},
+}
+DEFAULT_VARIANTS = ["otm", "otm_btm", "otm_btm_cbs", "full"]
+SHARED = ("data", "artifacts/clip", "metrics/clip.json")
+SEED_KEYS = ("train_cam.seed", "train_clims.seed", "train_irn.seed")
+
+
+def stage(workdir: Path, name: str, *args: str) -> None:
+    env = {**os.environ, "CLIMS_PIPELINE_RUN": f"ablation-{workdir.name}", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), *args], cwd=workdir, env=env,
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{name} {' '.join(args)} failed in {workdir}:\n{result.stderr[-3000:]}")
+
+
+def workspace(root: Path, name: str, params: dict, source: Path) -> Path:
+    """A scratch run folder: its own params.yaml, metrics/ and artifacts/, the shared data and CLIP linked in."""
+    folder = root / name
+    (folder / "metrics").mkdir(parents=True, exist_ok=True)
+    (folder / "artifacts").mkdir(exist_ok=True)
+    for link in SHARED:
+        target = (source / link).resolve()
+        (folder / link).symlink_to(target, target_is_directory=target.is_dir())
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder
+
+
+def figures(folder: Path, record: str) -> dict:
+    data = json.loads((folder / "metrics" / f"{record}.json").read_text())
+    return {k: data[k] for k in ("miou", "best_threshold", "context_leak", "mask_miou") if k in data}
+
+
+def pseudo_labels(folder: Path, params: dict, walk: bool) -> dict:
+    """Pseudo labels of the folder's CLIMS CAMs and boundary net, with or without the walk."""
+    params["make_sem_seg"]["walk"] = walk
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.rmtree(folder / "artifacts" / "pseudo_labels", ignore_errors=True)
+    stage(folder, "make_sem_seg")
+    stage(folder, "eval_sem_seg")
+    return figures(folder, "pseudo_labels")
+
+
+def spread(values: list[float], lower_is_better: bool = False) -> str:
+    worst = max(values) if lower_is_better else min(values)
+    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f} (worst {worst:.1f})"
+
+
+def print_table(runs: dict, seeds: list[int], variants: list[str]) -> None:
+    rows = [("baseline", "cam"), *((v, "cam") for v in variants)]
+    if "full" in variants:
+        rows += [("full", "no_walk"), ("full", "walk")]
+    print("\n| row | mIoU | gain over the row before (paired) | context leak |\n|---|---|---|---|")
+    previous = None
+    for variant, kind in rows:
+        per_seed = [runs[f"seed{s}/{variant}"][kind] for s in seeds]
+        miou = [r["miou"] for r in per_seed]
+        gain = "-"
+        if previous is not None:
+            gain = spread([m - p for m, p in zip(miou, previous)])
+        label = {"cam": f"{variant} CAM", "no_walk": "full: pseudo labels, no walk", "walk": "full: pseudo labels, IRN walk"}[kind]
+        leak = spread([r["context_leak"] for r in per_seed], lower_is_better=True) + " %" if "context_leak" in per_seed[0] else ""
+        print(f"| {label} | {spread(miou)} | {gain} | {leak} |")
+        previous = miou
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--source", type=Path, default=REPO, help="the repository whose data and CLIP the runs share")
+    parser.add_argument("--out", default="ablation", help="results name: benchmarks/results/<out>.json")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), applied to every run")
+    args = parser.parse_args()
+    source = args.source.resolve()
+    for path in SHARED:
+        if not (source / path).exists():
+            raise SystemExit(f"{source / path} is missing: run `dvc repro prepare_clip` there first")
+    base = yaml.safe_load((source / "params.yaml").read_text())
+    for override in args.overrides:
+        key, value = override.split("=", 1)
+        set_key(base, key, yaml.safe_load(value))
+
+    runs: dict[str, dict] = {}
+    root = Path(tempfile.mkdtemp(prefix="ablation_"))
+    for seed in args.seeds:
+        params = json.loads(json.dumps(base))
+        for key in SEED_KEYS:
+            set_key(params, key, seed)
+        params["distributed"]["storage"] = str(root / "ray")
+        name = f"seed{seed}"
+        folder = workspace(root, f"{name}-baseline", params, source)
+        for step in (("train_cam",), ("make_cam", "baseline"), ("eval_cam", "baseline")):
+            stage(folder, *step)
+        runs[f"{name}/baseline"] = {"cam": figures(folder, "cam_baseline")}
+        print(name, "baseline", runs[f"{name}/baseline"], flush=True)
+        for variant in args.variants:
+            changed = json.loads(json.dumps(params))
+            for key, value in VARIANTS[variant].items():
+                set_key(changed, key, value)
+            run = workspace(root, f"{name}-{variant}", changed, source)
+            (run / "artifacts" / "net_baseline").symlink_to(folder / "artifacts" / "net_baseline")
+            for step in (("train_clims",), ("make_cam", "clims"), ("eval_cam", "clims")):
+                stage(run, *step)
+            runs[f"{name}/{variant}"] = {"cam": figures(run, "cam_clims")}
+            if variant == "full":
+                for step in (("make_ir_label",), ("train_irn",)):
+                    stage(run, *step)
+                runs[f"{name}/{variant}"]["walk"] = pseudo_labels(run, changed, walk=True)
+                runs[f"{name}/{variant}"]["no_walk"] = pseudo_labels(run, changed, walk=False)
+            print(name, variant, runs[f"{name}/{variant}"], flush=True)
+            write_results(args.out, {"overrides": args.overrides, "seed_keys": SEED_KEYS, "runs": runs}, quiet=True)
+
+    print_table(runs, args.seeds, args.variants)
+    print(f"\nper-seed figures: benchmarks/results/{args.out}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ with this environment's packages: run i sets seed first_seed + i on what --vary 
 tiny CLIP's training; nets: the baseline, CLIMS, IRN and segmentation nets; world: the rendered
 data; all: every one of them). Stages whose settings a run shares with an earlier one come from
 DVC's run cache. Writes benchmarks/results/<out>.json after every run (each run's seeds,
-seconds and headline figures, pipeline/headline.py) and prints mean, std and worst of each
+seconds in all and per stage, headline figures, pipeline/headline.py) and prints mean, std and worst of each
 figure and how many runs satisfy each claim.
 """
 from __future__ import annotations
@@ -19,13 +19,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 from common import REPO, write_results
-from pipeline_wall import clone_env, timed_run
+from pipeline_wall import clone_env, stage_seconds, timed_run
 
 sys.path.insert(0, str(REPO))
 from pipeline.headline import check_claims, read_headlines  # noqa: E402
@@ -84,11 +83,10 @@ def main() -> None:
         for key in SEED_KEYS[args.vary]:
             set_key(params, key, seed)
         (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        start = time.perf_counter()
-        timed_run(["dvc", "repro"], workdir, env, log, echo=False)
+        seconds, lines = timed_run(["dvc", "repro"], workdir, env, log, echo=False)
         figures = read_headlines(workdir / "metrics")
-        runs.append({"seed": seed, "seeds": {key: seed for key in SEED_KEYS[args.vary]},
-                     "seconds": round(time.perf_counter() - start, 1), "figures": figures, "claims": check_claims(figures)})
+        runs.append({"seed": seed, "seeds": {key: seed for key in SEED_KEYS[args.vary]}, "seconds": round(seconds, 1),
+                     "stage_seconds": stage_seconds(lines, seconds), "figures": figures, "claims": check_claims(figures)})
         print(f"seed {seed}: {runs[-1]['seconds']:.0f} s, " + ", ".join(
             f"{k} {v:.1f}" for k, v in figures.items() if k.endswith(("miou", "context_leak"))), flush=True)
         report = {"commit": commit, "vary": args.vary, "overrides": args.overrides, "runs": runs, "summary": summary(runs),

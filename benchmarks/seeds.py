@@ -3,13 +3,15 @@
     python benchmarks/seeds.py [--runs 5] [--vary clip|nets|world|all] [--first-seed 0]
                                [--workdir DIR] [--out seeds] [-S key=value ...]
 
-Clones the repository's HEAD once into a fresh folder and runs `dvc repro` there once per seed,
+Clones the repository's HEAD once into a fresh folder (or reuses the clone in --workdir, with
+its DVC cache) and runs `dvc repro` there once per seed,
 with this environment's packages: run i sets seed first_seed + i on what --vary names (clip: the
 tiny CLIP's training; nets: the baseline, CLIMS, IRN and segmentation nets; world: the rendered
 data; all: every one of them). Stages whose settings a run shares with an earlier one come from
 DVC's run cache. Writes benchmarks/results/<out>.json after every run (each run's seeds,
 seconds in all and per stage, headline figures, pipeline/headline.py) and prints mean, std and worst of each
-figure and how many runs satisfy each claim.
+figure and how many runs satisfy each claim. Started again with the same commit, --vary and
+overrides, it keeps the runs already in the results file and does the rest.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, write_results
+from common import REPO, RESULTS, write_results
 from pipeline_wall import clone_env, stage_seconds, timed_run
 
 sys.path.insert(0, str(REPO))
@@ -68,7 +70,9 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clims-seeds-")) / "clone"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(workdir)], check=True)
+    if not (workdir / ".git").is_dir():
+        subprocess.run(["git", "clone", "-q", str(REPO), str(workdir)], check=True)
+    subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=workdir, check=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True).stdout.strip()
     env, log = clone_env(workdir), workdir.parent / "dvc_repro.log"
     base = yaml.safe_load((workdir / "params.yaml").read_text())
@@ -78,7 +82,14 @@ def main() -> None:
     print(f"{args.runs} runs varying {args.vary} seeds, clone of {commit[:8]} in {workdir}; output in {log}", flush=True)
 
     runs: list[dict] = []
+    earlier = RESULTS / f"{args.out}.json"
+    if earlier.is_file():  # an interrupted study of the same commit, seeds and overrides goes on
+        report = json.loads(earlier.read_text())
+        if (report["commit"], report["vary"], report["overrides"]) == (commit, args.vary, args.overrides):
+            runs = [run for run in report["runs"] if args.first_seed <= run["seed"] < args.first_seed + args.runs]
     for seed in range(args.first_seed, args.first_seed + args.runs):
+        if any(run["seed"] == seed for run in runs):
+            continue
         params = json.loads(json.dumps(base))
         for key in SEED_KEYS[args.vary]:
             set_key(params, key, seed)

@@ -1,7 +1,8 @@
 """`clims ui` in a real browser: the MLflow UI, started by the command a user types, shows a
-sweep's parent run and, expanded, its trial runs in headless Chromium (driven over the DevTools
-protocol with aiohttp, which Ray already brings). Needs Debian's chromium (`apt-get install
-chromium`); run with `python -m pytest -m browser`. The screenshot is kept in test-artifacts/."""
+sweep's parent run and, expanded, its trial runs, and two pipeline runs side by side by their
+headline figures, in headless Chromium (driven over the DevTools protocol with aiohttp, which Ray
+already brings). Needs Debian's chromium (`apt-get install chromium`); run with
+`python -m pytest -m browser`. The screenshots are kept in test-artifacts/."""
 import asyncio
 import json
 import os

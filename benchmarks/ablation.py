@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,8 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, write_results
-from seeds import set_key
+from common import REPO, apply_overrides, mean_std_worst, set_key, write_results
 
 LOSS_OFF = {"otm": {"btm": 0.0, "cbs": 0.0, "reg": 0.0}, "otm_btm": {"cbs": 0.0, "reg": 0.0}, "otm_btm_cbs": {"reg": 0.0}}
 VARIANTS = {
@@ -81,8 +79,8 @@ def pseudo_labels(folder: Path, params: dict, walk: bool) -> dict:
 
 
 def spread(values: list[float], lower_is_better: bool = False) -> str:
-    worst = max(values) if lower_is_better else min(values)
-    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f} (worst {worst:.1f})"
+    mean, std, worst = mean_std_worst(values, lower_is_better)
+    return f"{mean:.1f} ± {std:.1f} (worst {worst:.1f})"
 
 
 def print_table(runs: dict, seeds: list[int], variants: list[str]) -> None:
@@ -115,10 +113,7 @@ def main() -> None:
     for path in SHARED:
         if not (source / path).exists():
             raise SystemExit(f"{source / path} is missing: run `dvc repro prepare_clip` there first")
-    base = yaml.safe_load((source / "params.yaml").read_text())
-    for override in args.overrides:
-        key, value = override.split("=", 1)
-        set_key(base, key, yaml.safe_load(value))
+    base = apply_overrides(yaml.safe_load((source / "params.yaml").read_text()), args.overrides)
 
     runs: dict[str, dict] = {}
     root = Path(tempfile.mkdtemp(prefix="ablation_"))

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -16,3 +19,25 @@ def write_results(name: str, report: dict, quiet: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     return out
+
+
+def set_key(tree: dict, dotted: str, value) -> None:
+    """tree["a"]["b"] = value for dotted "a.b"."""
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree[key]
+    tree[leaf] = value
+
+
+def apply_overrides(params: dict, overrides: list[str]) -> dict:
+    """Command-line `-S key=value` settings (YAML values) applied to a params tree, in place."""
+    for override in overrides:
+        key, value = override.split("=", 1)
+        set_key(params, key, yaml.safe_load(value))
+    return params
+
+
+def mean_std_worst(values: list[float], lower_is_better: bool = False) -> tuple[float, float, float]:
+    """Mean, population std and the worst value over seeds."""
+    worst = max(values) if lower_is_better else min(values)
+    return statistics.mean(values), statistics.pstdev(values), worst

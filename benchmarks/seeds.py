@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, RESULTS, write_results
+from common import REPO, RESULTS, apply_overrides, mean_std_worst, set_key, write_results
 from pipeline_wall import clone_env, stage_seconds, timed_run
 
 sys.path.insert(0, str(REPO))
@@ -41,22 +40,21 @@ SEED_KEYS["all"] = sum(SEED_KEYS.values(), ())
 LOWER_IS_BETTER = ("context_leak",)
 
 
-def set_key(tree: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        tree = tree[key]
-    tree[leaf] = value
-
-
 def summary(runs: list[dict]) -> dict[str, dict]:
     """Mean, population std and worst of every headline figure over the runs."""
     keys = sorted({key for run in runs for key in run["figures"]})
     table = {}
     for key in keys:
         values = [run["figures"][key] for run in runs if key in run["figures"]]
-        worst = max(values) if key.endswith(LOWER_IS_BETTER) else min(values)
-        table[key] = {"mean": statistics.mean(values), "std": statistics.pstdev(values), "worst": worst, "runs": len(values)}
+        mean, std, worst = mean_std_worst(values, lower_is_better=key.endswith(LOWER_IS_BETTER))
+        table[key] = {"mean": mean, "std": std, "worst": worst, "runs": len(values)}
     return table
+
+
+def study(commit: str, args, runs: list[dict]) -> dict:
+    """The results file: every run, the summary over them and how many runs hold each claim."""
+    return {"commit": commit, "vary": args.vary, "overrides": args.overrides, "runs": runs, "summary": summary(runs),
+            "claims_held": {claim: sum(bool(run["claims"][claim]) for run in runs) for claim in runs[0]["claims"]}}
 
 
 def main() -> None:
@@ -75,10 +73,7 @@ def main() -> None:
     subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=workdir, check=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True).stdout.strip()
     env, log = clone_env(workdir), workdir.parent / "dvc_repro.log"
-    base = yaml.safe_load((workdir / "params.yaml").read_text())
-    for override in args.overrides:
-        key, value = override.split("=", 1)
-        set_key(base, key, yaml.safe_load(value))
+    base = apply_overrides(yaml.safe_load((workdir / "params.yaml").read_text()), args.overrides)
     print(f"{args.runs} runs varying {args.vary} seeds, clone of {commit[:8]} in {workdir}; output in {log}", flush=True)
 
     runs: list[dict] = []
@@ -100,10 +95,9 @@ def main() -> None:
                      "stage_seconds": stage_seconds(lines, seconds), "figures": figures, "claims": check_claims(figures)})
         print(f"seed {seed}: {runs[-1]['seconds']:.0f} s, " + ", ".join(
             f"{k} {v:.1f}" for k, v in figures.items() if k.endswith(("miou", "context_leak"))), flush=True)
-        report = {"commit": commit, "vary": args.vary, "overrides": args.overrides, "runs": runs, "summary": summary(runs),
-                  "claims_held": {claim: sum(bool(run["claims"][claim]) for run in runs) for claim in runs[0]["claims"]}}
-        write_results(args.out, report, quiet=True)
+        write_results(args.out, study(commit, args, runs), quiet=True)
 
+    report = study(commit, args, runs)
     print(f"\n{'figure':32s} {'mean':>7s} {'std':>6s} {'worst':>7s}   over {len(runs)} runs varying {args.vary} seeds")
     for key, row in report["summary"].items():
         print(f"{key:32s} {row['mean']:7.2f} {row['std']:6.2f} {row['worst']:7.2f}")

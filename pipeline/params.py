@@ -66,6 +66,8 @@ class SyntheticDataset(DatasetSection):
     max_objects: PositiveInt
     cooccurrence: Probability
     distractor: Probability
+    plain_bodies: bool  # the parts world: only a part (head, sail, cab, ...) tells the class apart
+    clutter: Probability  # probability of an unlabelled headless body in a scene
     classes: list[ObjectClass] = Field(min_length=2)
     backgrounds: list[BackgroundKind] = Field(min_length=2)
     background_prompts: Optional[list[str]]  # None: the background kinds' names

@@ -29,6 +29,8 @@ def world_spec(dataset: SyntheticDataset, cooccurrence: float | None = None) -> 
         max_objects=dataset.max_objects,
         cooccurrence=dataset.cooccurrence if cooccurrence is None else cooccurrence,
         distractor=dataset.distractor,
+        plain_bodies=dataset.plain_bodies,
+        clutter=dataset.clutter,
     )
 
 

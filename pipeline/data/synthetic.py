@@ -37,6 +37,9 @@ class WorldSpec:
     max_objects: int = 3
     cooccurrence: float = 0.85
     distractor: float = 0.2  # probability of a context region with no object on it
+    # The parts world: bodies in one plain colour, so that only a part tells the class apart ...
+    plain_bodies: bool = False
+    clutter: float = 0.0  # ... and the probability of an unlabelled headless body in a scene
 
     def __post_init__(self):
         unknown = [c for c in self.classes if c not in OBJECT_KINDS]
@@ -169,54 +172,61 @@ class _Painter:
 _GROUND_LINE = {"boat": 0.15, "train": 0.29, "plane": 0.45, "car": 0.31, "cow": 0.42, "bird": 0.16}
 
 
-def _draw_object(kind: str, p: _Painter, rng: np.random.Generator) -> None:
+# Every object is a list of primitives, drawn in order: (role, shape, coordinates, colour). The
+# roles matter in the parts world only: "body" is painted in PLAIN there, "part" keeps its colour
+# and is all that tells the class apart (a sail, a cab, a tail fin, a cabin, a head), "detail"
+# (wheels) keeps its colour and stays with the body. Headless clutter is body and detail alone.
+PLAIN = (0.6, 0.52, 0.66)  # a muted violet grey: no background kind is near it
+_WHEEL = (0.1, 0.1, 0.1)
+
+
+def _shapes(kind: str, rng: np.random.Generator) -> list[tuple[str, str, tuple, tuple]]:
     if kind == "boat":
-        p.rect(-0.03, -0.6, 0.02, 0.0, (0.25, 0.15, 0.08))
-        p.poly([(0.05, -0.58), (0.05, -0.05), (0.38, -0.05)], (0.97, 0.97, 0.92))
-        p.poly([(-0.5, 0.0), (0.5, 0.0), (0.32, 0.25), (-0.32, 0.25)], (0.5, 0.26, 0.1))
-        p.rect(-0.45, 0.07, 0.45, 0.11, (0.85, 0.8, 0.7))
-        return
+        return [("part", "rect", (-0.03, -0.6, 0.02, 0.0), (0.25, 0.15, 0.08)),
+                ("part", "poly", ([(0.05, -0.58), (0.05, -0.05), (0.38, -0.05)],), (0.97, 0.97, 0.92)),
+                ("body", "poly", ([(-0.5, 0.0), (0.5, 0.0), (0.32, 0.25), (-0.32, 0.25)],), (0.5, 0.26, 0.1)),
+                ("body", "rect", (-0.45, 0.07, 0.45, 0.11), (0.85, 0.8, 0.7))]
     if kind == "train":
-        p.rect(-0.8, -0.25, 0.8, 0.2, (0.82, 0.12, 0.1))
-        p.poly([(0.8, -0.25), (0.95, -0.05), (0.95, 0.2), (0.8, 0.2)], (0.82, 0.12, 0.1))
-        for x in np.arange(-0.7, 0.7, 0.24):
-            p.rect(x, -0.17, x + 0.13, -0.03, (0.98, 0.9, 0.35))
-        for x in (-0.6, -0.3, 0.3, 0.6):
-            p.ellipse(x, 0.22, 0.07, 0.07, (0.1, 0.1, 0.1))
-        return
+        red, yellow = (0.82, 0.12, 0.1), (0.98, 0.9, 0.35)
+        cab = 0.35  # the front from here on is the cab
+        return ([("body", "rect", (-0.8, -0.25, cab, 0.2), red), ("part", "rect", (cab, -0.25, 0.8, 0.2), red),
+                 ("part", "poly", ([(0.8, -0.25), (0.95, -0.05), (0.95, 0.2), (0.8, 0.2)],), red)]
+                + [("part" if x >= cab else "body", "rect", (x, -0.17, x + 0.13, -0.03), yellow) for x in np.arange(-0.7, 0.7, 0.24)]
+                + [("detail", "ellipse", (x, 0.22, 0.07, 0.07), _WHEEL) for x in (-0.6, -0.3, 0.3, 0.6)])
     if kind == "plane":
-        body = (0.72, 0.74, 0.8)
-        p.poly([(-0.05, 0.0), (0.18, 0.0), (-0.12, 0.45), (-0.28, 0.45)], body)
-        p.poly([(-0.05, 0.0), (0.18, 0.0), (-0.12, -0.45), (-0.28, -0.45)], body)
-        p.poly([(-0.5, 0.0), (-0.36, 0.0), (-0.48, -0.25), (-0.56, -0.25)], (0.15, 0.2, 0.55))
-        p.ellipse(0.0, 0.0, 0.52, 0.09, body)
-        p.rect(-0.4, -0.015, 0.45, 0.025, (0.15, 0.2, 0.55))
-        return
+        body, blue = (0.72, 0.74, 0.8), (0.15, 0.2, 0.55)
+        return [("body", "poly", ([(-0.05, 0.0), (0.18, 0.0), (-0.12, 0.45), (-0.28, 0.45)],), body),
+                ("body", "poly", ([(-0.05, 0.0), (0.18, 0.0), (-0.12, -0.45), (-0.28, -0.45)],), body),
+                ("part", "poly", ([(-0.5, 0.0), (-0.36, 0.0), (-0.48, -0.25), (-0.56, -0.25)],), blue),
+                ("body", "ellipse", (0.0, 0.0, 0.52, 0.09), body),
+                ("part", "rect", (-0.4, -0.015, 0.45, 0.025), blue)]
     if kind == "car":
-        p.poly([(-0.3, -0.05), (-0.2, -0.27), (0.18, -0.27), (0.3, -0.05)], (0.95, 0.78, 0.1))
-        p.poly([(-0.17, -0.07), (-0.12, -0.22), (0.12, -0.22), (0.2, -0.07)], (0.55, 0.8, 0.95))
-        p.rect(-0.5, -0.06, 0.5, 0.2, (0.95, 0.78, 0.1))
-        for x in (-0.3, 0.3):
-            p.ellipse(x, 0.2, 0.11, 0.11, (0.08, 0.08, 0.08))
-        return
+        yellow = (0.95, 0.78, 0.1)
+        return [("part", "poly", ([(-0.3, -0.05), (-0.2, -0.27), (0.18, -0.27), (0.3, -0.05)],), yellow),
+                ("part", "poly", ([(-0.17, -0.07), (-0.12, -0.22), (0.12, -0.22), (0.2, -0.07)],), (0.55, 0.8, 0.95)),
+                ("body", "rect", (-0.5, -0.06, 0.5, 0.2), yellow)] + [
+                ("detail", "ellipse", (x, 0.2, 0.11, 0.11), (0.08, 0.08, 0.08)) for x in (-0.3, 0.3)]
     if kind == "cow":
         white, black = (0.96, 0.95, 0.93), (0.06, 0.05, 0.05)
-        for x in (-0.3, -0.18, 0.16, 0.28):
-            p.rect(x, 0.1, x + 0.07, 0.42, white)
-        p.ellipse(0.0, 0.0, 0.4, 0.22, white)
-        p.ellipse(0.46, -0.14, 0.13, 0.1, white)
-        for _ in range(3):
-            p.ellipse(rng.uniform(-0.25, 0.25), rng.uniform(-0.1, 0.1), 0.1, 0.07, black)
-        p.ellipse(0.52, -0.13, 0.05, 0.05, (0.85, 0.55, 0.55))
-        return
+        return ([("body", "rect", (x, 0.1, x + 0.07, 0.42), white) for x in (-0.3, -0.18, 0.16, 0.28)]
+                + [("body", "ellipse", (0.0, 0.0, 0.4, 0.22), white), ("part", "ellipse", (0.46, -0.14, 0.13, 0.1), white)]
+                + [("body", "ellipse", (rng.uniform(-0.25, 0.25), rng.uniform(-0.1, 0.1), 0.1, 0.07), black) for _ in range(3)]
+                + [("part", "ellipse", (0.52, -0.13, 0.05, 0.05), (0.85, 0.55, 0.55))])
     if kind == "bird":
-        p.poly([(0.38, -0.18), (0.56, -0.1), (0.38, -0.05)], (0.98, 0.88, 0.15))
-        p.ellipse(0.0, 0.0, 0.32, 0.16, (0.95, 0.48, 0.08))
-        p.ellipse(0.3, -0.12, 0.11, 0.11, (0.95, 0.48, 0.08))
-        p.poly([(-0.15, -0.02), (0.12, -0.02), (-0.1, -0.35)], (0.7, 0.25, 0.05))
-        p.ellipse(0.33, -0.14, 0.03, 0.03, (0.0, 0.0, 0.0))
-        return
+        orange = (0.95, 0.48, 0.08)
+        return [("part", "poly", ([(0.38, -0.18), (0.56, -0.1), (0.38, -0.05)],), (0.98, 0.88, 0.15)),
+                ("body", "ellipse", (0.0, 0.0, 0.32, 0.16), orange), ("part", "ellipse", (0.3, -0.12, 0.11, 0.11), orange),
+                ("body", "poly", ([(-0.15, -0.02), (0.12, -0.02), (-0.1, -0.35)],), (0.7, 0.25, 0.05)),
+                ("part", "ellipse", (0.33, -0.14, 0.03, 0.03), (0.0, 0.0, 0.0))]
     raise ValueError(kind)  # pragma: no cover
+
+
+def _draw_object(kind: str, p: _Painter, rng: np.random.Generator, plain: bool = False, headless: bool = False) -> None:
+    """Draw one object; `plain` paints its body in PLAIN, `headless` leaves its part out."""
+    for role, shape, args, colour in _shapes(kind, rng):
+        if role == "part" and headless:
+            continue
+        getattr(p, shape)(*args, PLAIN if plain and role == "body" else colour)
 
 
 def _context_region(kind: str, cx, cy, s, size, rng) -> np.ndarray:
@@ -265,16 +275,19 @@ def render_scene(spec: WorldSpec, rng: np.random.Generator) -> Scene:
     n_objects = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     class_ids = [int(c) for c in rng.integers(1, len(spec.classes) + 1, n_objects)]
 
-    # Place objects (centre, size, flip) with little overlap; rejected ones are dropped.
+    # Place objects (centre, size, flip) with little overlap; rejected ones are dropped. Clutter
+    # (a headless body of some class) is placed last, the same way, and drawn under the objects.
     placed: list[tuple[int, float, float, float, int]] = []
-    for class_id in class_ids:
+    headless: list[tuple[int, float, float, float, int]] = []
+    clutter = [int(rng.integers(1, len(spec.classes) + 1))] if spec.clutter > 0 and rng.random() < spec.clutter else []
+    for n, class_id in enumerate(class_ids + clutter):
         kind = spec.classes[class_id - 1]
         for _ in range(20):
             s = rng.uniform(*_OBJECT_SIZE) * unit
             cx = rng.uniform(0.5 * s + 1, size - 0.5 * s - 1)
             cy = rng.uniform(*_VERTICAL_RANGE[kind]) * size
-            if all(abs(cx - ox) > 0.55 * (s + os) or abs(cy - oy) > 0.4 * (s + os) for _, ox, oy, os, _ in placed):
-                placed.append((class_id, cx, cy, s, 1 if rng.random() < 0.5 else -1))
+            if all(abs(cx - ox) > 0.55 * (s + os) or abs(cy - oy) > 0.4 * (s + os) for _, ox, oy, os, _ in placed + headless):
+                (placed if n < len(class_ids) else headless).append((class_id, cx, cy, s, 1 if rng.random() < 0.5 else -1))
                 break
 
     # Background layer: neutral ground, distractor regions, then each object's context.
@@ -293,12 +306,17 @@ def render_scene(spec: WorldSpec, rng: np.random.Generator) -> Scene:
         where = background == kind_id
         image[where] = _texture(spec.backgrounds[kind_id], rng, size)[where]
 
+    for class_id, cx, cy, s, flip in headless:
+        painter = _Painter(image, np.zeros((size, size), bool), cx, cy, s, flip, rng.uniform(0.9, 1.1, 3))
+        _draw_object(spec.classes[class_id - 1], painter, rng, plain=True, headless=True)
+
     # Objects on top; a later object hides an earlier one where they overlap.
     label = np.zeros((size, size), np.uint8)
     instances = np.zeros((size, size), np.uint8)
     for index, (class_id, cx, cy, s, flip) in enumerate(placed):
         mask = np.zeros((size, size), bool)
-        _draw_object(spec.classes[class_id - 1], _Painter(image, mask, cx, cy, s, flip, rng.uniform(0.9, 1.1, 3)), rng)
+        painter = _Painter(image, mask, cx, cy, s, flip, rng.uniform(0.9, 1.1, 3))
+        _draw_object(spec.classes[class_id - 1], painter, rng, plain=spec.plain_bodies)
         label[mask] = class_id
         instances[mask] = index + 1
 

@@ -164,6 +164,7 @@ class TinyClipTraining(Section):
     pool_size: PositiveInt  # scenes rendered once and viewed many ways
     cooccurrence: Probability  # how often the CLIP's own renders show the context
     eval_scenes: PositiveInt  # held-out renders for the zero-shot report
+    part_views: Probability  # share of views showing a part alone or a body without its part
 
 
 class TinyClip(Section):

@@ -116,7 +116,7 @@ def test_tiny_clip_learns_on_a_short_run():
     clip = clip_model.wrap(clip_model.build_tiny("test-learn", SMALL), "test-learn")
     before = _zero_shot(clip, spec, prompts, held_out)
     train = TinyClipTraining(seed=0, steps=250, batch_size=48, lr=0.005, weight_decay=0.0, warmup_steps=5,
-                             pool_size=300, cooccurrence=0.3, eval_scenes=60)
+                             pool_size=300, cooccurrence=0.3, eval_scenes=60, part_views=0.0)
     losses = train_tiny_clip(clip, render_pool(spec, 300, 0, "clip", frames=0.1), prompts, train)
     after = _zero_shot(clip, spec, prompts, held_out)
     assert np.mean(losses[-10:]) < np.mean(losses[:5])
@@ -160,6 +160,26 @@ def test_object_views_show_the_object_and_crops_zoom_in(one_object_pool):
     assert targets[:, :6].max(1).values.mean() > 0.6
     # With co-occurrence 1 the context is always there, and it is shown with the object.
     assert (targets[:, 6:12].max(1).values > 0.5).float().mean() > 0.8
+
+
+def test_part_views_show_a_part_alone_or_the_body_without_it():
+    """A part alone is too little of the object to count (its target stays low); the body
+    without its part is most of it (high): the CLIP learns that a head is not the whole bird."""
+    from pipeline.clip.views import VIEW_KINDS, VIEW_PROBS, render_pool, sample_views, view_probs
+    from pipeline.data.synthetic import WorldSpec
+
+    contexts = ("water", "rails", "sky", "road", "grass", "trees")
+    spec = WorldSpec(64, ("boat", "train", "plane", "car", "cow", "bird"), contexts, contexts + ("sand",),
+                     min_objects=1, max_objects=1, plain_bodies=True)
+    pool = render_pool(spec, 40, 0, "views")
+    probs = view_probs(1.0)
+    assert probs[VIEW_KINDS.index("part")] == 1.0 and sum(probs) == pytest.approx(1.0)
+    assert view_probs(0.1) == pytest.approx([0.9 * p for p in VIEW_PROBS[:-1]] + [0.1]) and view_probs(0.0) == VIEW_PROBS
+    _, targets, _ = sample_views(pool, 256, torch.Generator().manual_seed(1), view_probs=probs)
+    shown = targets[:, :6].max(1).values
+    low, high = (shown < 0.5).float().mean(), (shown > 0.7).float().mean()
+    # Half the views show the part (under half of most objects), half the body (over half).
+    assert 0.3 < low < 0.7 and 0.25 < high < 0.7 and low + high > 0.85, (low, high)
 
 
 def test_prepare_clip_with_pretrained_weights_writes_the_same_outputs(tmp_path, small_clip, base_params):

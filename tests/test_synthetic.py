@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.data.synthetic import WorldSpec, render_background, render_scene, scene_rng
+from pipeline.data.synthetic import PLAIN, WorldSpec, render_background, render_scene, scene_rng
 
 CLASSES = ("boat", "train", "plane", "car", "cow", "bird")
 CONTEXTS = ("water", "rails", "sky", "road", "grass", "trees")
@@ -81,3 +81,28 @@ def test_world_spec_rejects_unknown_kinds_and_missing_neutral_ground():
         WorldSpec(64, ("boat", "dragon"), ("water", "sky"), ("water", "sky", "sand"))
     with pytest.raises(ValueError, match="neutral"):
         WorldSpec(64, ("boat", "plane"), ("water", "sky"), ("water", "sky"))
+
+
+def _near_plain(image: np.ndarray) -> np.ndarray:
+    """Pixels within the tint and noise of the plain body colour."""
+    return np.abs(image / 255.0 - np.asarray(PLAIN)).max(-1) < 0.1
+
+
+def test_parts_world_only_a_part_carries_the_class_colour_and_clutter_is_unlabelled():
+    plain_share, clutter_pixels = {c: [] for c in range(1, 7)}, []
+    for i in range(80):
+        s = render_scene(spec(plain_bodies=True, clutter=1.0), scene_rng(2, "train", i))
+        for j, class_id in enumerate(s.instance_classes, start=1):
+            obj = s.instances == j
+            if obj.sum() >= 40:
+                plain_share[class_id].append(_near_plain(s.image)[obj].mean())
+        clutter_pixels.append((_near_plain(s.image) & (s.label == 0)).sum())
+        assert s.label.max() > 0 and set(s.class_ids) == set(np.unique(s.label).tolist()) - {0}
+    # Every class: the body is plain, the part (a tenth to a half of the object: a head, a fin, a sail) is not.
+    for class_id, shares in plain_share.items():
+        assert 0.5 < np.median(shares) < 0.95, (CLASSES[class_id - 1], np.median(shares))
+    # A headless plain body lies on the ground, unlabelled, in most scenes (placement may fail).
+    assert np.mean(np.array(clutter_pixels) >= 20) > 0.8
+    # The ordinary world has neither: its objects wear their own colours all over.
+    ordinary = [render_scene(spec(), scene_rng(2, "train", i)) for i in range(20)]
+    assert np.mean([_near_plain(s.image)[s.label > 0].mean() for s in ordinary]) < 0.05

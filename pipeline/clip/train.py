@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.clip.model import FrozenClip
-from pipeline.clip.views import ScenePool, sample_views
+from pipeline.clip.views import ScenePool, sample_views, view_probs
 
 
 def multilabel_loss(
@@ -57,9 +57,10 @@ def train_tiny_clip(
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     tokens = clip.tokenizer(prompts)
+    probs = view_probs(train.part_views)
     losses = []
     for step in tqdm(range(train.steps), desc="train tiny CLIP", unit="step", mininterval=5):
-        images, targets, weights = sample_views(pool, train.batch_size, generator)
+        images, targets, weights = sample_views(pool, train.batch_size, generator, probs)
         text_features = F.normalize(model.encode_text(tokens), dim=-1)
         loss = multilabel_loss(clip, images, text_features, targets, weights)
         optimizer.zero_grad(set_to_none=True)

@@ -25,8 +25,14 @@ from pipeline.data.synthetic import Scene, WorldSpec, render_background, render_
 OBJECT_RAMP = (0.2, 0.7)
 BACKGROUND_REF = 0.04  # a background counts as fully there from 4 % of the image
 BACKGROUND_FRAMES = 0.1  # share of the training pool that shows one background and no object
-VIEW_KINDS = ("whole", "object", "object_crop", "object_context", "hole", "background", "blob", "dimmed")
-VIEW_PROBS = (0.10, 0.16, 0.10, 0.14, 0.26, 0.12, 0.05, 0.07)
+VIEW_KINDS = ("whole", "object", "object_crop", "object_context", "hole", "background", "blob", "dimmed", "part")
+VIEW_PROBS = (0.10, 0.16, 0.10, 0.14, 0.26, 0.12, 0.05, 0.07, 0.0)
+
+
+def view_probs(part_views: float) -> tuple[float, ...]:
+    """VIEW_PROBS with `part_views` of the views showing an object's part alone or its body alone
+    (the parts world: the CLIP learns that a head is not the whole bird)."""
+    return tuple(p * (1 - part_views) for p in VIEW_PROBS[:-1]) + (part_views,)
 
 
 @dataclass
@@ -37,6 +43,7 @@ class ScenePool:
     labels: torch.Tensor  # N,H,W int64 class ids
     instances: torch.Tensor  # N,H,W int64 instance ids (0 none)
     backgrounds: torch.Tensor  # N,H,W int64 background kinds
+    parts: torch.Tensor  # N,H,W bool, the objects' distinctive parts
     instance_classes: list[list[int]]
     instance_has_context: list[list[bool]]
     num_classes: int
@@ -73,7 +80,7 @@ def _background_frame(spec: WorldSpec, rng: np.random.Generator) -> Scene:
     """A frame of one background kind with no object (CLIP also sees backgrounds alone)."""
     kind = int(rng.integers(len(spec.backgrounds)))
     zeros = np.zeros((spec.image_size, spec.image_size), np.uint8)
-    return Scene(render_background(spec, kind, rng), zeros, zeros, zeros + kind, [], [])
+    return Scene(render_background(spec, kind, rng), zeros, zeros, zeros + kind, [], [], zeros.astype(bool))
 
 
 def render_pool(spec: WorldSpec, count: int, seed: int, split: str, frames: float = 0.0) -> ScenePool:
@@ -87,6 +94,7 @@ def render_pool(spec: WorldSpec, count: int, seed: int, split: str, frames: floa
         labels=stack([s.label for s in scenes]).long(),
         instances=stack([s.instances for s in scenes]).long(),
         backgrounds=stack([s.background for s in scenes]).long(),
+        parts=stack([s.parts for s in scenes]),
         instance_classes=[s.instance_classes for s in scenes],
         instance_has_context=[s.instance_has_context for s in scenes],
         num_classes=len(spec.classes),
@@ -148,10 +156,14 @@ def _masks(pool: ScenePool, idx: torch.Tensor, kinds: torch.Tensor, generator: t
         "background": ((grounds == kind_b.view(-1, 1, 1)) & ground_free).float(),
         "blob": _blobs(batch, size, generator),
         "dimmed": (0.15 + 0.75 * torch.rand(batch, generator=generator)).view(-1, 1, 1).expand(batch, size, size),
+        "part": torch.zeros(batch, size, size),
     }
+    if (kinds == VIEW_KINDS.index("part")).any():  # drawn only when asked for, so other worlds' views stay as they were
+        show_part = (torch.rand(batch, generator=generator) < 0.5).view(-1, 1, 1)  # else the body without it
+        candidates["part"] = (obj & (pool.parts[idx] == show_part)).float()
     # A scene without objects (a background frame) is seen whole instead of as an object view.
     has_object = visible.any(1)
-    needs_object = torch.tensor([VIEW_KINDS.index(k) for k in ("object", "object_crop", "object_context", "hole")])
+    needs_object = torch.tensor([VIEW_KINDS.index(k) for k in ("object", "object_crop", "object_context", "hole", "part")])
     kinds = torch.where(torch.isin(kinds, needs_object) & ~has_object, VIEW_KINDS.index("whole"), kinds)
     masks = torch.stack([candidates[name] for name in VIEW_KINDS], 1)[torch.arange(batch), kinds]
     boxes = torch.where((kinds == VIEW_KINDS.index("object_crop")).view(-1, 1), _boxes(obj), torch.nan)

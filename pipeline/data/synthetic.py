@@ -68,6 +68,7 @@ class Scene:
     background: np.ndarray  # H x W uint8, background kind id under every pixel (objects included)
     instance_classes: list[int]  # class id per instance
     instance_has_context: list[bool]  # whether each instance got its context region
+    parts: np.ndarray | None = None  # H x W bool, the objects' distinctive parts (heads, sails, ...)
 
     @property
     def class_ids(self) -> list[int]:
@@ -144,6 +145,8 @@ class _Painter:
     def __init__(self, image, mask, cx, cy, s, flip, tint):
         self.image, self.mask = image, mask
         self.cx, self.cy, self.s, self.flip, self.tint = cx, cy, s, flip, tint
+        self.part = np.zeros_like(mask)  # where the distinctive part shows
+        self.drawing_part = False
 
     def _xy(self, dx, dy):
         return self.cx + self.flip * np.asarray(dx) * self.s, self.cy + np.asarray(dy) * self.s
@@ -154,6 +157,7 @@ class _Painter:
         rr, cc = rr[keep], cc[keep]
         self.image[rr, cc] = np.clip(np.asarray(colour) * self.tint, 0, 1)
         self.mask[rr, cc] = True
+        self.part[rr, cc] = self.drawing_part
 
     def poly(self, pts, colour):
         x, y = self._xy(*np.asarray(pts, dtype=float).T)
@@ -226,6 +230,7 @@ def _draw_object(kind: str, p: _Painter, rng: np.random.Generator, plain: bool =
     for role, shape, args, colour in _shapes(kind, rng):
         if role == "part" and headless:
             continue
+        p.drawing_part = role == "part"
         getattr(p, shape)(*args, PLAIN if plain and role == "body" else colour)
 
 
@@ -313,12 +318,14 @@ def render_scene(spec: WorldSpec, rng: np.random.Generator) -> Scene:
     # Objects on top; a later object hides an earlier one where they overlap.
     label = np.zeros((size, size), np.uint8)
     instances = np.zeros((size, size), np.uint8)
+    parts = np.zeros((size, size), bool)
     for index, (class_id, cx, cy, s, flip) in enumerate(placed):
         mask = np.zeros((size, size), bool)
         painter = _Painter(image, mask, cx, cy, s, flip, rng.uniform(0.9, 1.1, 3))
         _draw_object(spec.classes[class_id - 1], painter, rng, plain=spec.plain_bodies)
         label[mask] = class_id
         instances[mask] = index + 1
+        parts[mask] = painter.part[mask]
 
     image = np.clip(image + rng.normal(0, 0.015, image.shape), 0, 1)
     return Scene(
@@ -328,4 +335,5 @@ def render_scene(spec: WorldSpec, rng: np.random.Generator) -> Scene:
         background=background,
         instance_classes=[p[0] for p in placed],
         instance_has_context=has_context,
+        parts=parts,
     )

@@ -140,7 +140,8 @@ def test_prepare_clip_writes_a_clip_later_stages_can_load(reproduced):
     assert texts["class_prompts"][0] == "a photo of boat."
     assert clip.encode_images(torch.rand(2, 3, 64, 64)).shape == (2, 32)
     metrics = json.loads((root / "metrics" / "clip.json").read_text())
-    for key in ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked", "context_margin", "hole_margin"):
+    for key in ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked", "context_margin", "hole_margin",
+                "part_margin", "body_margin"):
         assert key in metrics and np.isfinite(metrics[key])
 
 

@@ -9,6 +9,10 @@
   context, minus that of the object masked alone (CBS needs this to fire).
 - hole_margin: mean cosine with the class prompt of tight object crops, minus the 95th
   percentile of that cosine for scenes with the class cut out by its exact mask (BTM needs it).
+- part_margin: cosine with the class prompt of an object masked whole, minus that of its
+  distinctive part masked alone (a head, a sail): OTM needs it to spread P over the body.
+- body_margin: cosine with the class prompt of the scene with only the part cut out, minus that
+  of the scene with the whole object cut out: BTM needs it to see a body P left behind.
 - cosine quantiles of objects masked alone against background prompts, from which CBS's tau
   is set for this CLIP.
 """
@@ -47,6 +51,7 @@ def clip_report(
     """All figures above for a CLIP, given the embeddings of its class and background prompts."""
     images = pool.images.float() / 255.0
     crops, object_masks, context_masks, holes, instance_class, instance_scene = [], [], [], [], [], []
+    part_masks, with_part = [], []
     region_masks, region_kind, region_scene = [], [], []
     for i in range(len(pool)):
         label, inst, ground = pool.labels[i], pool.instances[i], pool.backgrounds[i]
@@ -59,6 +64,10 @@ def clip_report(
             object_masks.append(mask)
             context_masks.append(mask | context if context.sum() >= 8 else None)
             holes.append(label != class_id)
+            part = mask & pool.parts[i]
+            if part.sum() >= 2 and (mask & ~part).sum() >= 2:
+                part_masks.append(part)
+                with_part.append(len(instance_class))
             instance_class.append(class_id - 1)
             instance_scene.append(i)
         for kind in torch.unique(ground[label == 0]).tolist():
@@ -95,6 +104,9 @@ def clip_report(
 
     n = torch.arange(len(cls))
     own_crop = crop_cos[n, cls]
+    part_cls = cls[with_part]
+    part_alone = _cosines(clip, scenes[with_part], as_masks(part_masks), class_texts)[torch.arange(len(with_part)), part_cls]
+    without_part = _cosines(clip, scenes[with_part], 1 - as_masks(part_masks), class_texts)[torch.arange(len(with_part)), part_cls]
     # Object alone vs background prompts whose background it does not show: where CBS must stay silent.
     silent = alone_bg.clone()
     silent[torch.arange(len(cls)), torch.tensor([pool.contexts[c] for c in instance_class])] = float("nan")
@@ -109,6 +121,10 @@ def clip_report(
         "cos_object_crop_mean": float(own_crop.mean()),
         "cos_object_masked_mean": float(masked_cos[n, cls].mean()),
         "cos_hole_p95": float(torch.quantile(hole_cos[n, cls], 0.95)),
+        "part_margin": float((masked_cos[n, cls][with_part] - part_alone).mean()),
+        "body_margin": float((without_part - hole_cos[n, cls][with_part]).mean()),
+        "cos_part_alone_mean": float(part_alone.mean()),
+        "cos_without_part_mean": float(without_part.mean()),
         "cos_context_together_mean": float(together[rows, context_kind].mean()),
         "cos_context_alone_mean": float(alone_bg[with_context][rows, context_kind].mean()),
         "cos_object_vs_background_p95": float(torch.quantile(silent, 0.95)),

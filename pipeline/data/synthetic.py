@@ -181,7 +181,6 @@ _GROUND_LINE = {"boat": 0.15, "train": 0.29, "plane": 0.45, "car": 0.31, "cow": 
 # and is all that tells the class apart (a sail, a cab, a tail fin, a cabin, a head), "detail"
 # (wheels) keeps its colour and stays with the body. Headless clutter is body and detail alone.
 PLAIN = (0.6, 0.52, 0.66)  # a muted violet grey: no background kind is near it
-_WHEEL = (0.1, 0.1, 0.1)
 
 
 def _shapes(kind: str, rng: np.random.Generator) -> list[tuple[str, str, tuple, tuple]]:
@@ -196,7 +195,7 @@ def _shapes(kind: str, rng: np.random.Generator) -> list[tuple[str, str, tuple, 
         return ([("body", "rect", (-0.8, -0.25, cab, 0.2), red), ("part", "rect", (cab, -0.25, 0.8, 0.2), red),
                  ("part", "poly", ([(0.8, -0.25), (0.95, -0.05), (0.95, 0.2), (0.8, 0.2)],), red)]
                 + [("part" if x >= cab else "body", "rect", (x, -0.17, x + 0.13, -0.03), yellow) for x in np.arange(-0.7, 0.7, 0.24)]
-                + [("detail", "ellipse", (x, 0.22, 0.07, 0.07), _WHEEL) for x in (-0.6, -0.3, 0.3, 0.6)])
+                + [("detail", "ellipse", (x, 0.22, 0.07, 0.07), (0.1, 0.1, 0.1)) for x in (-0.6, -0.3, 0.3, 0.6)])
     if kind == "plane":
         body, blue = (0.72, 0.74, 0.8), (0.15, 0.2, 0.55)
         return [("body", "poly", ([(-0.05, 0.0), (0.18, 0.0), (-0.12, 0.45), (-0.28, 0.45)],), body),

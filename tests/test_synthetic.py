@@ -89,7 +89,7 @@ def _near_plain(image: np.ndarray) -> np.ndarray:
 
 
 def test_parts_world_only_a_part_carries_the_class_colour_and_clutter_is_unlabelled():
-    plain_share, clutter_pixels = {c: [] for c in range(1, 7)}, []
+    plain_share, clutter_pixels, body_plain = {c: [] for c in range(1, 7)}, [], []
     for i in range(80):
         s = render_scene(spec(plain_bodies=True, clutter=1.0), scene_rng(2, "train", i))
         for j, class_id in enumerate(s.instance_classes, start=1):
@@ -97,10 +97,15 @@ def test_parts_world_only_a_part_carries_the_class_colour_and_clutter_is_unlabel
             if obj.sum() >= 40:
                 plain_share[class_id].append(_near_plain(s.image)[obj].mean())
         clutter_pixels.append((_near_plain(s.image) & (s.label == 0)).sum())
+        # The scene's part map: inside objects only (clutter has none), never plain; the rest of an
+        # object (body, wheels) mostly plain.
+        assert not (s.parts & (s.label == 0)).any() and not _near_plain(s.image)[s.parts].any()
+        body_plain.append(_near_plain(s.image)[(s.label > 0) & ~s.parts].mean())
         assert s.label.max() > 0 and set(s.class_ids) == set(np.unique(s.label).tolist()) - {0}
     # Every class: the body is plain, the part (a tenth to a half of the object: a head, a fin, a sail) is not.
     for class_id, shares in plain_share.items():
         assert 0.5 < np.median(shares) < 0.95, (CLASSES[class_id - 1], np.median(shares))
+    assert np.mean(body_plain) > 0.85
     # A headless plain body lies on the ground, unlabelled, in most scenes (placement may fail).
     assert np.mean(np.array(clutter_pixels) >= 20) > 0.8
     # The ordinary world has neither: its objects wear their own colours all over.

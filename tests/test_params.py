@@ -160,6 +160,16 @@ def test_real_dataset_groups_carry_the_reference_settings():
     assert (plumbing.clip.source, plumbing.clip.train.steps, plumbing.backbone.name, plumbing.distributed.use_gpu) == ("tiny", 0, "small_resnet", False)
 
 
+def test_parts_world_group_is_the_default_world_with_plain_bodies_clutter_and_part_views():
+    default = compose([], conf_dir=REPO / "conf")
+    parts = compose(["dataset=synthetic_parts"], conf_dir=REPO / "conf")
+    changed = {(section, key) for section in parts for key in parts[section] if parts[section][key] != default[section][key]}
+    assert changed == {("dataset", "plain_bodies"), ("dataset", "clutter"), ("clip", "train")}
+    world = validate(parts)
+    assert (world.dataset.plain_bodies, world.dataset.clutter, world.clip.train.part_views) == (True, 0.5, 0.1)
+    assert world.clip.train.model_dump(exclude={"part_views"}) == validate(default).clip.train.model_dump(exclude={"part_views"})
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["clip=tiny"], "clip.train.steps: the tiny CLIP learns from renders of the synthetic world; with dataset voc12 use a pretrained"),
     (["clims_loss.tau=auto"], "clims_loss.tau: 'auto' reads the synthetic world's CLIP report; give dataset voc12 a number"),

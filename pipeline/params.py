@@ -335,11 +335,17 @@ class MakeIrLabel(Section):
 FeaturesFrom = Literal["baseline", "clims", "backbone"]  # a CAM net's backbone, or `backbone` with its weights file
 
 
+# Which grid cells a pixel pair's path covers (pipeline.irn.affinity.path_points): IRN's
+# two-cell-thick path ("reference"), or the cells the segment touches ("touching").
+PathRule = Literal["reference", "touching"]
+
+
 class TrainIrn(Training):
     """IRN's boundary branch on a frozen backbone, from the IR labels' pixel pairs."""
 
     features_from: FeaturesFrom
     radius: Annotated[int, Field(ge=2)]  # pixel pairs within this distance on the stride-4 grid
+    paths: PathRule = "touching"  # "reference" also trains only sources whose whole neighbourhood is in the crop
     side_channels: Annotated[int, Field(ge=4, multiple_of=4)]  # GroupNorm(4) per side output
 
 
@@ -348,6 +354,7 @@ class MakeSemSeg(Section):
 
     walk: bool = True  # false: the CAMs go to the background score and the CRF unwalked (the ablation's "no walk")
     radius: Annotated[int, Field(ge=2)]
+    paths: PathRule = "touching"
     beta: PositiveFloat
     exp_times: Annotated[int, Field(ge=0, le=12)]  # 2^exp_times steps
     damp_boundary: bool  # start from CAM x (1 - boundary), as IRN does

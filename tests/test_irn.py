@@ -90,6 +90,18 @@ def test_pair_labels_and_affinity_loss_on_a_hand_built_case():
     assert terms["loss"].item() == pytest.approx(((bg + fg) / 2 + neg) / 2)
 
 
+def test_reference_training_pairs_start_only_where_the_whole_neighbourhood_is_inside():
+    """IRN trains on sources in rows [0, H - m) and columns [m, W - m), m = radius - 1."""
+    labels = torch.zeros(1, 6, 7, dtype=torch.long)
+    offsets = forward_offsets(3)  # reach 2 down and 2 to either side
+    every = pair_labels(labels, offsets)["bg_pos"].any(0)[0]
+    window = pair_labels(labels, offsets, margin=2)["bg_pos"]
+    assert every.sum() == 6 * 7 - 1 and not every[5, 6]  # without a margin: any source with a neighbour inside
+    sources = window.any(0)[0]
+    assert sources.nonzero().tolist() == [[y, x] for y in range(4) for x in range(2, 5)]
+    assert window.all(0)[0].sum() == 12  # and from each of them every pair counts
+
+
 def test_the_affinity_loss_teaches_a_boundary_between_different_labels():
     labels = torch.zeros(1, 6, 6, dtype=torch.long)
     labels[:, :, 3:] = 1

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.irn.affinity import neighbour_offsets, path_affinities, path_points
+from pipeline.irn.affinity import forward_offsets, neighbour_offsets, path_affinities, path_points
 from pipeline.irn.random_walk import dense_transition, propagate
 
 
@@ -24,20 +24,38 @@ def test_path_affinity_is_one_minus_the_highest_boundary_on_the_way():
     assert len(neighbour_offsets(5)) == 68  # IRN's radius-5 neighbourhood: 0 < dy^2 + dx^2 < 25
 
 
-def test_sparse_propagation_equals_the_dense_matrix_power():
+def test_reference_paths_are_irns_two_cell_thick_paths():
+    """IRN's cells: the box of the two ends, within distance 1 of the line, (dy*x - dx*y)^2 < dy^2 + dx^2."""
+    # (1, 2): (x - 2y)^2 < 5 -> every cell of the 2 x 3 box; (3, 1): (3x - y)^2 < 10 -> all 8 of 4 x 2
+    assert path_points(1, 2, "reference") == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert path_points(3, 1, "reference") == [(y, x) for y in range(4) for x in range(2)]
+    # (2, 4): |x - 2y| < 2.24 -> 3 + 5 + 3 cells, where the segment touches 7
+    assert path_points(2, 4, "reference") == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4),
+                                              (2, 2), (2, 3), (2, 4)]
+    assert path_points(0, -3, "reference") == [(0, -3), (0, -2), (0, -1), (0, 0)]
+    for radius, strict in ((5, 20), (10, 120)):
+        forward = forward_offsets(radius)
+        touching = [set(path_points(dy, dx)) for dy, dx in forward]
+        reference = [set(path_points(dy, dx, "reference")) for dy, dx in forward]
+        assert all(t <= r for t, r in zip(touching, reference))
+        assert sum(t < r for t, r in zip(touching, reference)) == strict and len(forward) == {5: 34, 10: 152}[radius]
+
+
+@pytest.mark.parametrize("paths", ["touching", "reference"])
+def test_sparse_propagation_equals_the_dense_matrix_power(paths):
     torch.manual_seed(0)
     height, width, radius, beta, exp = 9, 11, 3, 10.0, 4
     boundary = torch.rand(height, width) * 0.3
     boundary[:, 5] = 0.95  # a strong edge
     cams = torch.rand(2, height, width)
-    transition = dense_transition(boundary, radius, beta)
+    transition = dense_transition(boundary, radius, beta, paths)
     dense = (cams.reshape(2, -1).double() @ torch.linalg.matrix_power(transition, 2**exp)).reshape(2, height, width)
-    sparse = propagate(cams, boundary, radius, beta, exp)
+    sparse = propagate(cams, boundary, radius, beta, exp, paths)
     assert (sparse.double() - dense).abs().max() < 1e-4
     # the edge holds: mass seeded left of it stays on the left
     seed = torch.zeros(1, height, width)
     seed[0, 4, 1] = 1
-    spread = propagate(seed, boundary, radius, beta, exp)[0]
+    spread = propagate(seed, boundary, radius, beta, exp, paths)[0]
     assert spread[:, :5].sum() > 50 * spread[:, 6:].sum()
 
 

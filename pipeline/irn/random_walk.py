@@ -15,22 +15,25 @@ import torch
 
 from pipeline.irn.affinity import neighbour_offsets, path_affinities
 from pipeline.ops.maps import shift, shifted_views
+from pipeline.params import PathRule
 
 
-def incoming_weights(boundary: torch.Tensor, radius: int, beta: float) -> tuple[list[tuple[int, int]], torch.Tensor]:
+def incoming_weights(boundary: torch.Tensor, radius: int, beta: float,
+                     paths: PathRule = "touching") -> tuple[list[tuple[int, int]], torch.Tensor]:
     """Offsets D and, per d, the column of T that reads pixel j + d into pixel j:
     W[j + d, j] / sum_d W[j + d, j], with W = a^beta."""
     offsets = [(0, 0), *neighbour_offsets(radius)]
-    affinity = path_affinities(boundary, offsets).pow(beta)
+    affinity = path_affinities(boundary, offsets, paths).pow(beta)
     index = {d: n for n, d in enumerate(offsets)}
     incoming = torch.stack([shift(affinity[index[(-dy, -dx)]], dy, dx) for dy, dx in offsets])
     return offsets, incoming / incoming.sum(0).clamp_min(1e-12)
 
 
-def propagate(cams: torch.Tensor, boundary: torch.Tensor, radius: int = 5, beta: float = 10.0, exp: int = 8) -> torch.Tensor:
+def propagate(cams: torch.Tensor, boundary: torch.Tensor, radius: int = 5, beta: float = 10.0, exp: int = 8,
+              paths: PathRule = "touching") -> torch.Tensor:
     """cams (..., K, H, W) -> cams T^(2^exp) on the grid (IRN's random walk), by 2^exp sparse steps;
     `boundary` (..., H, W) in [0, 1], one per image of the batch."""
-    offsets, weights = incoming_weights(boundary, radius, beta)
+    offsets, weights = incoming_weights(boundary, radius, beta, paths)
     weights = weights.unsqueeze(-3)  # (|D|, ..., 1, H, W): the same for every class
     v = cams
     for _ in range(2**exp):
@@ -41,13 +44,13 @@ def propagate(cams: torch.Tensor, boundary: torch.Tensor, radius: int = 5, beta:
     return v
 
 
-def dense_transition(boundary: torch.Tensor, radius: int, beta: float) -> torch.Tensor:
+def dense_transition(boundary: torch.Tensor, radius: int, beta: float, paths: PathRule = "touching") -> torch.Tensor:
     """The reference's dense (HW, HW) column-normalised T, built pair by pair (small grids only):
     W[i, j] = a(i -> j)^beta."""
     height, width = boundary.shape
     offsets = [(0, 0), *neighbour_offsets(radius)]
     w = torch.zeros(height * width, height * width, dtype=torch.float64)
-    for (dy, dx), a in zip(offsets, path_affinities(boundary.double(), offsets)):
+    for (dy, dx), a in zip(offsets, path_affinities(boundary.double(), offsets, paths)):
         for y in range(height):
             for x in range(width):
                 if 0 <= y + dy < height and 0 <= x + dx < width:

@@ -29,7 +29,7 @@ def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg:
     With `crf`, the walked labels are refined by the dense CRF on the image."""
     boundary = boundary_map(net, images)
     start = cams * (1 - boundary[:, None]) if cfg.damp_boundary else cams
-    walked = propagate(start, boundary, cfg.radius, cfg.beta, cfg.exp_times) if cfg.walk else start
+    walked = propagate(start, boundary, cfg.radius, cfg.beta, cfg.exp_times, cfg.paths) if cfg.walk else start
     height, width = images.shape[-2:]
     up = F.interpolate(walked, scale_factor=CAM_STRIDE, mode="bilinear", align_corners=False)[..., :height, :width]
     up = up / up.flatten(1).amax(1).clamp_min(1e-5)[:, None, None, None]  # each image by its maximum

@@ -18,7 +18,7 @@ from pipeline.data.training_sets import LabelMapTrainSet
 from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, path_affinities
 from pipeline.nets.boundary import BoundaryNet, save_boundary_net
 from pipeline.nets.cam_net import backbone_from
-from pipeline.params import Params
+from pipeline.params import Params, PathRule
 from pipeline.train_loop import Setup, TrainJob, fit_on_label_maps, ray_worker
 
 
@@ -31,10 +31,13 @@ class IrnTrainSet(LabelMapTrainSet):
         return image, grid.long()
 
 
-def boundary_step(net: BoundaryNet, images: torch.Tensor, grid_labels: torch.Tensor, offsets: list[tuple[int, int]]) -> dict:
-    """IRN's affinity loss on a = 1 - max boundary along each pair's path."""
+def boundary_step(net: BoundaryNet, images: torch.Tensor, grid_labels: torch.Tensor, offsets: list[tuple[int, int]],
+                  paths: PathRule = "touching") -> dict:
+    """IRN's affinity loss on a = 1 - max boundary along each pair's path; with the reference's
+    paths, only from sources whose whole neighbourhood lies in the crop, as IRN trains."""
     boundary = torch.sigmoid(net(images)[:, 0])
-    terms = affinity_loss(path_affinities(boundary, offsets), pair_labels(grid_labels, offsets))
+    margin = max(abs(d) for offset in offsets for d in offset) if paths == "reference" else 0
+    terms = affinity_loss(path_affinities(boundary, offsets, paths), pair_labels(grid_labels, offsets, margin))
     terms["boundary_mean"] = boundary.detach().mean()
     return terms
 
@@ -44,7 +47,7 @@ def irn_setup(job: TrainJob, device) -> Setup:
     net = BoundaryNet(backbone_from(job.params.backbone, job.init_net), cfg.side_channels).to(device)
     optimizer = torch.optim.SGD(net.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dataset = IrnTrainSet(read_manifest(job.manifest), job.labels, cfg.crop_size, tuple(cfg.long_side))
-    return Setup(net, partial(boundary_step, offsets=forward_offsets(cfg.radius)), optimizer, dataset)
+    return Setup(net, partial(boundary_step, offsets=forward_offsets(cfg.radius), paths=cfg.paths), optimizer, dataset)
 
 
 def irn_worker(config: dict) -> None:

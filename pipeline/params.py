@@ -244,9 +244,17 @@ class Training(Section):
         return self
 
 
+# How the backbone's BatchNorm layers normalise while a CAM net trains (pipeline.nets.cam_net):
+# "batch": ordinary BatchNorm (the reference's CLIMS net); "running": running statistics and a
+# fixed affine everywhere (IRN's FixedBatchNorm: the reference's baseline); "running_stem": only
+# the stem's BatchNorm fixed.
+BatchNormStats = Literal["batch", "running", "running_stem"]
+
+
 class Optimisation(Training):
     head_lr_scale: PositiveFloat  # the classifier's lr = lr x this
-    frozen_stem: bool  # conv1/bn1 fixed (the reference's choice with ImageNet weights)
+    frozen_stem: bool  # conv1/bn1 weights fixed (the reference's choice with ImageNet weights)
+    batchnorm_stats: BatchNormStats
 
 
 class TrainCam(Optimisation):
@@ -256,7 +264,7 @@ class TrainCam(Optimisation):
 class TrainClims(Optimisation):
     """The CLIMS net, initialised from the baseline's weights."""
 
-    init_bias: float  # starting logit offset of every class, so that P starts small (sigmoid(-2) = 0.12)
+    init_bias: Optional[float]  # a head bias starting here, so that P starts small; null: no bias (the reference)
 
 
 class LossWeights(Section):

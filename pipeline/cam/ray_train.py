@@ -14,8 +14,8 @@ from pipeline.data.manifest import read_manifest
 from pipeline.data.training_sets import CamTrainSet
 from pipeline.errors import UserError
 from pipeline.nets.backbone import with_checked_weights
-from pipeline.nets.cam_net import build_cam_net, load_cam_net, save_cam_net
-from pipeline.params import Params
+from pipeline.nets.cam_net import CamNet, build_cam_net, load_cam_net, save_cam_net
+from pipeline.params import BackboneSection, Params
 from pipeline.scoring import thresholds
 from pipeline.train_loop import Setup, TrainJob, absolute, fit_final_state, ray_worker
 
@@ -30,13 +30,21 @@ def build_training(job: TrainJob, device):
         return build_cam_net(params.backbone, num_classes).to(device), baseline_step
     from pipeline.clip.model import load_clip
 
-    net = build_cam_net(params.backbone.model_copy(update={"weights": None}), num_classes, bias=True)
-    baseline, _ = load_cam_net(job.init_net)
-    net.load_state_dict(baseline.state_dict(), strict=False)  # all but the new bias
-    torch.nn.init.constant_(net.classifier.bias, params.train_clims.init_bias)
+    net = clims_net_from(load_cam_net(job.init_net)[0], params.backbone, params.train_clims.init_bias)
     clip, texts = load_clip(job.clip_dir, device)
     loss_fn = clims_loss_from(params, clip, texts, job.tau if job.tau is not None else 0.0).to(device)
     return net.to(device), lambda model, images, labels: clims_step(model, loss_fn, images, labels)
+
+
+def clims_net_from(baseline: CamNet, backbone: BackboneSection, init_bias: float | None) -> CamNet:
+    """The CLIMS net starts as the baseline; with `init_bias`, its head gains a bias starting
+    there (so that P starts small), else it has none, as the reference's."""
+    net = build_cam_net(backbone.model_copy(update={"weights": None}), baseline.classifier.out_channels,
+                        bias=init_bias is not None)
+    net.load_state_dict(baseline.state_dict(), strict=False)  # all but a new bias
+    if init_bias is not None:
+        torch.nn.init.constant_(net.classifier.bias, init_bias)
+    return net
 
 
 def cam_setup(job: TrainJob, device) -> Setup:
@@ -73,7 +81,8 @@ def train(params: Params, kind: str, manifest: Path, out: Path, *, init_net: Pat
     # the files the run depends on besides the job and the code
     inputs = [Path(manifest)] + [p for folder in (init_net, clip_dir) if folder for p in sorted(Path(folder).glob("*.pt"))]
     state = fit_final_state(train_worker, job, inputs, name)
-    net = build_cam_net(params.backbone.model_copy(update={"weights": None}), len(params.dataset.class_names), bias=kind == "clims")
+    net = build_cam_net(params.backbone.model_copy(update={"weights": None}), len(params.dataset.class_names),
+                        bias="classifier.bias" in state["model"])
     net.load_state_dict(state["model"])
     save_cam_net(out, net, params.backbone, params.dataset.class_names, kind, state["history"])
     return state["history"]

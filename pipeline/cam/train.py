@@ -15,7 +15,7 @@ from pipeline.params import Params
 
 def make_optimizer(net: CamNet, cfg) -> torch.optim.SGD:
     """SGD with the head at `head_lr_scale` x the backbone's learning rate."""
-    backbone, head = net.parameter_groups(frozen_stem=cfg.frozen_stem)
+    backbone, head = net.parameter_groups(cfg.frozen_stem, cfg.batchnorm_stats)
     groups = [{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 

@@ -31,23 +31,31 @@ class CamNet(nn.Module):
         self.backbone = backbone
         self.classifier = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=bias)
         self.normalise = ImageNetNormalise()
+        self.batchnorm_stats = "batch"  # set with the optimiser's parameter groups
+
+    def _fixed_batchnorms(self) -> list[nn.Module]:
+        scope = {"running": self.backbone, "running_stem": self.backbone.stem}.get(self.batchnorm_stats)
+        return [] if scope is None else [m for m in scope.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(self.normalise(images01)))
 
-    def parameter_groups(self, frozen_stem: bool) -> tuple[list, list]:
-        """(backbone parameters, head parameters); the stem is left out when frozen."""
-        if frozen_stem:
-            for p in self.backbone.stem.parameters():
-                p.requires_grad_(False)
+    def parameter_groups(self, frozen_stem: bool, batchnorm_stats: str = "batch") -> tuple[list, list]:
+        """(backbone parameters, head parameters); a frozen stem and fixed BatchNorms are left out.
+        `batchnorm_stats` (params.BatchNormStats): which BatchNorm layers keep their running
+        statistics and affine while the net trains."""
+        self.batchnorm_stats = batchnorm_stats
+        fixed = [*(self.backbone.stem.parameters() if frozen_stem else []),
+                 *(p for m in self._fixed_batchnorms() for p in m.parameters())]
+        for p in fixed:
+            p.requires_grad_(False)
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         return backbone, list(self.classifier.parameters())
 
     def train(self, mode: bool = True):
         super().train(mode)
-        stem_frozen = not any(p.requires_grad for p in self.backbone.stem.parameters())
-        if stem_frozen:  # a frozen stem keeps its BatchNorm statistics too
-            self.backbone.stem.eval()
+        for m in self._fixed_batchnorms():  # running statistics, even in training
+            m.eval()
         return self
 
 

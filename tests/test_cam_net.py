@@ -1,0 +1,47 @@
+"""The CAM net's training modes: which BatchNorm layers keep their statistics and affine, and the
+CLIMS net's head with or without a bias."""
+import pytest
+import torch
+import torch.nn as nn
+
+from pipeline.cam.ray_train import clims_net_from
+from tiny_scenes import SMALL, cam_net
+
+
+def _after_one_step(frozen_stem: bool, batchnorm_stats: str):
+    """(stem BN, a later BN): whether each one's running mean and its weight moved in one SGD step."""
+    net = cam_net()
+    backbone, head = net.parameter_groups(frozen_stem, batchnorm_stats)
+    optimiser = torch.optim.SGD([{"params": backbone}, {"params": head}], lr=0.5)
+    norms = [m for m in net.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    stem, later = [m for m in net.backbone.stem.modules() if isinstance(m, nn.BatchNorm2d)][0], norms[-1]
+    before = [(m.running_mean.clone(), m.weight.detach().clone()) for m in (stem, later)]
+    net.train()
+    torch.manual_seed(1)
+    net(torch.rand(4, 3, 32, 32) * 3).pow(2).mean().backward()
+    optimiser.step()
+    return [(not torch.equal(m.running_mean, mean), not torch.equal(m.weight, weight))
+            for m, (mean, weight) in zip((stem, later), before)]
+
+
+@pytest.mark.parametrize("frozen_stem, batchnorm_stats, stem_moves, later_moves", [
+    (False, "batch", (True, True), (True, True)),          # the synthetic baseline
+    (True, "running_stem", (False, False), (True, True)),  # the synthetic CLIMS net
+    (True, "batch", (True, False), (True, True)),          # the reference's CLIMS net: bn1's statistics move, its affine not
+    (False, "running", (False, False), (False, False)),    # the reference's baseline: IRN's FixedBatchNorm
+])
+def test_batchnorm_modes_fix_what_they_say(frozen_stem, batchnorm_stats, stem_moves, later_moves):
+    stem, later = _after_one_step(frozen_stem, batchnorm_stats)
+    assert stem == stem_moves and later == later_moves
+
+
+def test_clims_head_starts_as_the_baseline_with_or_without_a_bias():
+    baseline = cam_net()
+    images = torch.rand(2, 3, 32, 32)
+    expected = baseline(images)
+    without = clims_net_from(baseline, SMALL, None).eval()
+    assert without.classifier.bias is None  # the reference's head
+    torch.testing.assert_close(without(images), expected)
+    shifted = clims_net_from(baseline, SMALL, -4.0).eval()
+    assert shifted.classifier.bias.tolist() == [-4.0] * 3
+    torch.testing.assert_close(shifted(images), expected - 4.0)

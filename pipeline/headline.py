@@ -14,8 +14,8 @@ from typing import Callable, Mapping
 # record (metrics/<record>.json) -> its headline keys; the parent run's metric is "<record>.<key>"
 HEADLINES: dict[str, tuple[str, ...]] = {
     "clip": ("object_top1", "context_margin", "hole_margin"),
-    "cam_baseline": ("miou", "context_leak", "best_threshold"),
-    "cam_clims": ("miou", "context_leak", "best_threshold", "mask_miou"),
+    "cam_baseline": ("miou", "context_leak", "best_threshold", "miou_at_fixed_threshold"),
+    "cam_clims": ("miou", "context_leak", "best_threshold", "mask_miou", "miou_at_fixed_threshold"),
     "ir_labels": ("miou", "coverage"),
     "pseudo_labels": ("miou", "context_leak"),
     "segmentation": ("miou", "context_leak"),

@@ -308,7 +308,18 @@ class ThresholdRange(Section):
 
 class EvalCam(Section):
     thresholds: ThresholdRange  # background thresholds; each net is scored at its best one
+    # ... and at this one, the papers' CAM figure (IRN's cam_eval_thres; CLIMS reports 0.15)
+    fixed_threshold: Probability = 0.15
     overlays: Annotated[int, Field(ge=0, le=64)]  # CAM overlays sent to MLflow
+
+    @model_validator(mode="after")
+    def _fixed_on_the_sweep(self):
+        r = self.thresholds
+        steps = (self.fixed_threshold - r.start) / r.step
+        if not (r.start - 1e-9 <= self.fixed_threshold <= r.stop + 1e-9 and abs(steps - round(steps)) < 1e-6):
+            raise ValueError(f"fixed_threshold: {self.fixed_threshold} is not one of the swept thresholds "
+                             f"({r.start} to {r.stop} by {r.step})")
+        return self
 
 
 # --------------------------------------------------------------------------- IRN refinement

@@ -9,7 +9,7 @@ from pipeline.stage import run_stage, stage_argument
 def main(params, kind: str):
     with tracking.stage_run(f"eval_cam_{kind}", params, sections=("eval_cam",)) as run:
         records = read_manifest(layout.manifest_path(layout.TRAIN_EVAL))
-        metrics, curve = evaluate_cams(records, layout.cams_dir(kind), params.dataset, params.eval_cam.thresholds)
+        metrics, curve = evaluate_cams(records, layout.cams_dir(kind), params.dataset, params.eval_cam)
         for record in records[: params.eval_cam.overlays]:  # first: a failure here leaves no metrics behind
             image = overlay(record, layout.cams_dir(kind), "high_res", metrics["best_threshold"])
             run.log_image(image, f"overlays/{record.image_id}.png")

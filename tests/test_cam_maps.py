@@ -151,3 +151,31 @@ def test_scoring_a_net_in_memory_equals_make_cam_then_the_sweep(tmp_path):
     expected, _ = summarise(from_files, ts, ["a", "b", "c"], "cam_")
     assert figures["cam_miou"] == pytest.approx(expected["cam_miou"]) and "cam_per_class_iou" not in figures
     assert sorted(p.name for p in (tmp_path / "checkpoint" / "overlays").iterdir()) == ["img0.png", "img1.png"]
+
+
+def test_cams_are_also_scored_at_the_papers_fixed_threshold(tmp_path):
+    """eval_cam reports the best threshold's mIoU and, beside it, the mIoU at a fixed background
+    threshold (0.15 in the papers): the curve's value there."""
+    from types import SimpleNamespace
+
+    from pipeline.cam.evaluate import evaluate_cams
+    from pipeline.params import EvalCam
+
+    rng = np.random.default_rng(2)
+    records = []
+    for i in range(4):
+        label = np.zeros((32, 40), np.uint8)
+        label[rng.integers(0, 16):, rng.integers(0, 20):][:10, :12] = 1 + i % 3
+        records.append(scene(tmp_path, f"img{i}", label))
+    save_cam_net(tmp_path / "net", cam_net(), SMALL, ["a", "b", "c"], "baseline", [])
+    dist = Distributed(num_workers=1, cpus_per_worker=1, use_gpu=False, max_failures=0, storage="unused")
+    make_cams(records, tmp_path / "net", tmp_path / "cams", MakeCam(scales=[1.0], batch_size=4, num_workers=0), dist)
+    dataset = SimpleNamespace(name="voc12", class_names=["a", "b", "c"])
+    sweep = {"start": 0.05, "stop": 0.95, "step": 0.05}
+    cfg = EvalCam(thresholds=sweep, fixed_threshold=0.15, overlays=0)
+    metrics, curve = evaluate_cams(records, tmp_path / "cams", dataset, cfg)
+    at = {round(row["threshold"], 2): row["miou"] for row in curve}
+    assert metrics["fixed_threshold"] == 0.15 and metrics["miou_at_fixed_threshold"] == at[0.15]
+    assert metrics["miou"] == max(at.values()) and at[0.15] != at[0.5]
+    with pytest.raises(ValueError, match="fixed_threshold: 0.17 is not one of the swept thresholds"):
+        EvalCam(thresholds=sweep, fixed_threshold=0.17, overlays=0)

@@ -22,8 +22,10 @@ def cam_predictions(cam_folder, key: str, ts: np.ndarray) -> Callable[[ImageReco
     return predictions
 
 
-def evaluate_cams(records: list[ImageRecord], cam_folder, dataset, sweep_cfg) -> tuple[dict, list[dict]]:
-    """Scores of the CAM ('high_res', keys without prefix) and of P ('mask', keys 'mask_...')."""
+def evaluate_cams(records: list[ImageRecord], cam_folder, dataset, cfg) -> tuple[dict, list[dict]]:
+    """Scores of the CAM ('high_res', keys without prefix) and of P ('mask', keys 'mask_...');
+    `cfg`: the eval_cam section."""
+    sweep_cfg = cfg.thresholds
     ts = thresholds(sweep_cfg.start, sweep_cfg.stop, sweep_cfg.step)
     scored = with_ground_truth(records)
     metrics, curve = {"images": len(scored)}, {float(t): {"threshold": float(t)} for t in ts}
@@ -36,6 +38,10 @@ def evaluate_cams(records: list[ImageRecord], cam_folder, dataset, sweep_cfg) ->
     # P as the mask it was trained to be: thresholded at 0.5
     half = int(np.argmin(np.abs(ts - 0.5)))
     metrics["mask_miou_at_0.5"] = curve[float(ts[half])]["mask_miou"]
+    # the papers' figure: the CAM at one fixed background threshold (on the sweep: params checks it)
+    fixed = int(np.argmin(np.abs(ts - cfg.fixed_threshold)))
+    metrics["fixed_threshold"] = float(ts[fixed])
+    metrics["miou_at_fixed_threshold"] = curve[float(ts[fixed])]["miou"]
     return metrics, list(curve.values())
 
 

@@ -51,6 +51,20 @@ def test_single_scale_maps_are_the_relu_of_the_logits_and_their_mirror():
     torch.testing.assert_close(maps["mask"], (torch.sigmoid(up(direct)) + torch.sigmoid(up(mirrored))) / 2)
 
 
+def test_full_resolution_maps_keep_each_cell_in_place_as_the_reference():
+    """An image of 58 x 50 at stride 4 gives a 15 x 13 map: the reference resizes it to 60 x 52
+    (4 pixels a cell, as the net saw them) and crops, rather than stretching it over 58 x 50."""
+    net, images = cam_net(), torch.rand(1, 3, 58, 50)
+    maps = multiscale_maps(net, images, [1.0])
+    with torch.no_grad():
+        direct, mirrored = torch.relu(net(images)), torch.relu(net(images.flip(-1)).flip(-1))
+    assert direct.shape[-2:] == (15, 13)
+    up = lambda x, size: torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+    torch.testing.assert_close(maps["high_res"], (up(direct, (60, 52)) + up(mirrored, (60, 52)))[..., :58, :50])
+    stretched = up(direct, (58, 50)) + up(mirrored, (58, 50))
+    assert (maps["high_res"] - stretched).abs().max() > 1e-3
+
+
 def test_repeating_a_scale_changes_nothing_after_normalisation():
     net, images = cam_net(), torch.rand(1, 3, 60, 52)
     once, twice = multiscale_maps(net, images, [1.0]), multiscale_maps(net, images, [1.0, 1.0])

@@ -3,7 +3,8 @@ pipeline.data.cam_files.
 
 For each scale the image and its mirror go through the net; the ReLU of the per-pixel logits
 is resized to the stride-4 grid ('cam', for the random walk) and to full resolution
-('high_res'), summed over scales and flips, restricted to the image's classes, and divided by
+('high_res': as the reference, to the image's size rounded up to a multiple of the net's
+stride, then cropped to the image, so a cell keeps its place), summed over scales and flips, restricted to the image's classes, and divided by
 each class's maximum. 'mask' is P = sigmoid(logits) averaged over the same passes: the mask the
 CLIMS losses trained, evaluated alongside the CAM.
 """
@@ -36,11 +37,13 @@ def multiscale_maps(net: CamNet, images: torch.Tensor, scales: list[float]) -> d
         x = images if scale == 1 else upsample(images, size)
         logits = net(torch.cat([x, x.flip(-1)]))
         direct, mirrored = logits[: len(images)], logits[len(images) :].flip(-1)
+        stride = max(1, round(size[0] / logits.shape[-2]))
+        full = (-(-height // stride) * stride, -(-width // stride) * stride)  # a multiple of the stride
         for view in (direct, mirrored):
             activation = torch.relu(view)
             cam = cam + upsample(activation, small)
-            high_res = high_res + upsample(activation, (height, width))
-            mask = mask + torch.sigmoid(upsample(view, (height, width)))
+            high_res = high_res + upsample(activation, full)[..., :height, :width]
+            mask = mask + torch.sigmoid(upsample(view, full)[..., :height, :width])
     return {"cam": cam, "high_res": high_res, "mask": mask / (2 * len(scales))}
 
 

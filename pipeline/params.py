@@ -286,6 +286,10 @@ class ClimsLossSection(Section):
     tau: Union[Annotated[float, Field(ge=-1.0, le=1.0)], Literal["auto"]]
     # camera_ready: each class's own background prompts (names from dataset.background_prompts)
     class_backgrounds: Optional[dict[str, list[str]]]
+    # what CLIP sees (pipeline.cam.losses): "pixels": P times the image in [0, 1] (a masked pixel
+    # is black), then CLIP's own normalisation; "imagenet": the reference's, P times the
+    # ImageNet-normalised image at CLIP's size (a masked pixel is ImageNet's mean colour)
+    clip_input: Literal["pixels", "imagenet"] = "pixels"
 
     @model_validator(mode="after")
     def _variant_needs(self):

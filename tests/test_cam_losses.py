@@ -96,8 +96,37 @@ def test_one_batched_clip_pass_equals_a_loop_over_pairs(tiny_clip, variant):
     assert batched["otm"].item() > 0 and batched["cbs"].item() > 0  # the comparison is not vacuous
 
 
-def test_gradients_reach_the_masks_through_the_frozen_clip(tiny_clip):
+def test_clip_input_of_a_4x4_image_by_hand():
+    """The reference's CLIP input: P and the ImageNet-normalised image resized to CLIP's size with
+    align_corners=True (4 x 4 -> 2 x 2 keeps the four corners), multiplied there; a masked pixel is
+    0, ImageNet's mean colour. The project's: P times the image in [0, 1] (a masked pixel black)."""
+    from types import SimpleNamespace
+
+    weights = LossWeights(otm=1.0, btm=1.0, cbs=1.0, reg=1.0)
+    clip = SimpleNamespace(image_size=2)
+    embeddings = torch.eye(3)
+    reference = ClimsLoss(clip, embeddings, embeddings, weights, clip_input="imagenet")
+    image = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1).repeat(1, 1, 4, 4)  # ImageNet's mean colour
+    image[0, :, 0, 0] += torch.tensor([0.229, 2 * 0.224, -0.225])  # normalised: (1, 2, -1) at the top-left corner
+    image[0, :, 3, 3] = 0.0  # black at the bottom-right corner
+    masks = torch.tensor([[0.5, 1.0], [1.0, 0.0]]).view(1, 1, 2, 2)  # P at CLIP's 2 x 2 already
+    views = reference.views(image, masks, torch.tensor([0]), torch.tensor([0]))
+    fg, bg = views[0], views[1]
+    torch.testing.assert_close(fg[:, 0, 0], torch.tensor([0.5, 1.0, -0.5]))  # P 0.5 x (1, 2, -1)
+    torch.testing.assert_close(bg[:, 0, 0], torch.tensor([0.5, 1.0, -0.5]))
+    torch.testing.assert_close(fg[:, 0, 1], torch.zeros(3))  # the mean colour is 0 whatever P is
+    black = -torch.tensor([0.485 / 0.229, 0.456 / 0.224, 0.406 / 0.225])
+    torch.testing.assert_close(fg[:, 1, 1], torch.zeros(3))  # P = 0: masked, 0 in ImageNet space
+    torch.testing.assert_close(bg[:, 1, 1], black)  # black shows in the background view
+    # the project's input stays in [0, 1] at the image's size: the masked corner is black (0)
+    pixels = ClimsLoss(clip, embeddings, embeddings, weights).views(image, masks, torch.tensor([0]), torch.tensor([0]))
+    assert pixels.shape == (2, 3, 4, 4) and pixels[0, :, 3, 3].abs().max() == 0 and pixels.min() >= 0
+
+
+@pytest.mark.parametrize("clip_input", ["pixels", "imagenet"])
+def test_gradients_reach_the_masks_through_the_frozen_clip(tiny_clip, clip_input):
     loss_fn = _loss(tiny_clip, "improved")
+    loss_fn.clip_input = clip_input
     masks = torch.rand(2, 4, 16, 16, requires_grad=True)
     out = loss_fn(torch.rand(2, 3, 64, 64), masks, torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]]))
     out["loss"].backward()

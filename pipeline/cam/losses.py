@@ -14,6 +14,12 @@ text embeddings are the ones prepare_clip cached. With s the cosine of L2-normal
   L_REG = mean of P over pixels and (improved) every class channel or (camera_ready) the
           present classes' channels only
 
+What CLIP sees (`clip_input`): "pixels" resizes P to the image (align_corners=False) and masks
+the image in [0, 1], so a masked pixel is black, as the tiny CLIP saw in training; CLIP's own
+normalisation follows. "imagenet" is the reference's: P and the ImageNet-normalised image are
+resized to CLIP's input (bilinear, align_corners=True) and multiplied there, so a masked pixel is
+0 in ImageNet space (ImageNet's mean colour), and that goes to CLIP without its normalisation.
+
 The reference takes the log of raw cosines, which suits OpenAI CLIP (its image-text cosines
 stay around 0.15-0.35). A CLIP trained with a sigmoid loss has cosines from about -0.5 to 0.9:
 a dark or empty foreground scores below the 1e-4 clamp, where -log has no gradient left, and
@@ -27,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.nets.backbone import ImageNetNormalise
 from pipeline.params import LossWeights
 
 CLAMP = (1e-4, 0.9999)
@@ -74,26 +81,39 @@ class ClimsLoss(nn.Module):
 
     def __init__(self, clip, class_embeddings: torch.Tensor, background_embeddings: torch.Tensor,
                  weights: LossWeights, variant: str = "improved", tau: float = 0.26,
-                 class_prompt_mask: torch.Tensor | None = None, score: tuple[float, float] | None = None):
+                 class_prompt_mask: torch.Tensor | None = None, score: tuple[float, float] | None = None,
+                 clip_input: str = "pixels"):
         """`score` (scale, bias): score pairs by the CLIP's own sigmoid(scale * cosine + bias)
-        instead of the cosine (see module doc); tau stays a cosine."""
+        instead of the cosine (see module doc); tau stays a cosine. `clip_input`: "pixels" or
+        "imagenet" (module doc)."""
         super().__init__()
         if variant not in ("improved", "camera_ready"):
             raise ValueError(f"unknown CLIMS variant {variant!r}")
         if variant == "camera_ready" and class_prompt_mask is None:
             raise ValueError("the camera_ready variant needs each class's background prompts")
         self.clip, self.weights, self.variant, self.tau, self.score = clip, weights, variant, tau, score
+        self.clip_input, self.imagenet = clip_input, ImageNetNormalise()
         self.register_buffer("class_embeddings", class_embeddings)
         self.register_buffer("background_embeddings", background_embeddings)
         self.register_buffer("class_prompt_mask", class_prompt_mask if class_prompt_mask is not None else torch.zeros(0))
 
+    def views(self, images: torch.Tensor, masks: torch.Tensor, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The foreground views of the pairs (image n, class k), then their background views, as
+        CLIP's encoder takes them."""
+        if self.clip_input == "imagenet":
+            size = (self.clip.image_size, self.clip.image_size)
+            pair_images = F.interpolate(self.imagenet(images), size=size, mode="bilinear", align_corners=True)[n]
+            pair_masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=True)[n, k].unsqueeze(1)
+        else:
+            pair_images = images[n]
+            pair_masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)[n, k].unsqueeze(1)
+        return torch.cat([pair_images * pair_masks, pair_images * (1 - pair_masks)])
+
     def similarities(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor):
         """Cosines for every positive pair from one CLIP pass over all fg and bg views."""
         n, k = labels.nonzero(as_tuple=True)
-        pair_masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)[n, k].unsqueeze(1)
-        pair_images = images[n]
-        views = torch.cat([pair_images * pair_masks, pair_images * (1 - pair_masks)])
-        features = self.clip.encode_images(views)
+        views = self.views(images, masks, n, k)
+        features = self.clip.encode_prepared(views) if self.clip_input == "imagenet" else self.clip.encode_images(views)
         fg, bg = features[: len(n)], features[len(n) :]
         texts = self.class_embeddings[k]
         return k, (fg * texts).sum(-1), (bg * texts).sum(-1), fg @ self.background_embeddings.T

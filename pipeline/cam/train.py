@@ -39,7 +39,7 @@ def clims_loss_from(params: Params, clip, texts: dict, tau: float) -> ClimsLoss:
     cfg = params.clims_loss
     return ClimsLoss(clip, texts["class_embeddings"], texts["background_embeddings"], cfg.weights, cfg.variant, tau,
                      class_prompt_mask(params, texts["background_names"]),
-                     score=clip_sigmoid(clip) if cfg.score == "clip_sigmoid" else None)
+                     score=clip_sigmoid(clip) if cfg.score == "clip_sigmoid" else None, clip_input=cfg.clip_input)
 
 
 def clip_sigmoid(clip) -> tuple[float, float]:

@@ -71,7 +71,11 @@ class FrozenClip:
         x = images if masks is None else images * masks
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        x = (x - self.mean.to(x)) / self.std.to(x)
+        return self.encode_prepared((x - self.mean.to(x)) / self.std.to(x))
+
+    def encode_prepared(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings of inputs already at the CLIP's size and scale (no resize, no
+        normalisation): what the reference feeds its CLIP."""
         return F.normalize(self.model.encode_image(x), dim=-1)
 
     @torch.no_grad()

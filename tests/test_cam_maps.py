@@ -136,17 +136,23 @@ def test_sweep_finds_the_best_threshold_and_the_context_leak(tmp_path):
     assert low["miou"] == pytest.approx(100 * (44 / 60 + 4 / 20) / 2)
 
 
+def _four_scenes(folder, seed: int) -> list:
+    """Four 32 x 40 scenes, each with one 10 x 12 object of class 1, 2 or 3 somewhere."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(4):
+        label = np.zeros((32, 40), np.uint8)
+        label[rng.integers(0, 16):, rng.integers(0, 20):][:10, :12] = 1 + i % 3
+        records.append(scene(folder, f"img{i}", label))
+    return records
+
+
 def test_scoring_a_net_in_memory_equals_make_cam_then_the_sweep(tmp_path):
     """A sweep trial's held-out score (no files) is what make_cam + the threshold sweep give."""
     from types import SimpleNamespace
 
     from pipeline.cam.held_out import held_out_scorer, score_net
-    rng = np.random.default_rng(1)
-    records = []
-    for i in range(4):
-        label = np.zeros((32, 40), np.uint8)
-        label[rng.integers(0, 16):, rng.integers(0, 20):][:10, :12] = 1 + i % 3
-        records.append(scene(tmp_path, f"img{i}", label))
+    records = _four_scenes(tmp_path, seed=1)
     net = cam_net()
     save_cam_net(tmp_path / "net", net, SMALL, ["a", "b", "c"], "baseline", [])
     cfg = MakeCam(scales=[1.0, 0.5], batch_size=3, num_workers=0)
@@ -175,12 +181,7 @@ def test_cams_are_also_scored_at_the_papers_fixed_threshold(tmp_path):
     from pipeline.cam.evaluate import evaluate_cams
     from pipeline.params import EvalCam
 
-    rng = np.random.default_rng(2)
-    records = []
-    for i in range(4):
-        label = np.zeros((32, 40), np.uint8)
-        label[rng.integers(0, 16):, rng.integers(0, 20):][:10, :12] = 1 + i % 3
-        records.append(scene(tmp_path, f"img{i}", label))
+    records = _four_scenes(tmp_path, seed=2)
     save_cam_net(tmp_path / "net", cam_net(), SMALL, ["a", "b", "c"], "baseline", [])
     dist = Distributed(num_workers=1, cpus_per_worker=1, use_gpu=False, max_failures=0, storage="unused")
     make_cams(records, tmp_path / "net", tmp_path / "cams", MakeCam(scales=[1.0], batch_size=4, num_workers=0), dist)

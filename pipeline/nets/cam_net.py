@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from pipeline.io import read_net_folder, save_net_folder
 from pipeline.nets.backbone import Backbone, ImageNetNormalise, build_backbone
-from pipeline.params import BackboneSection
+from pipeline.params import BackboneSection, BatchNormStats
 
 
 class CamNet(nn.Module):
@@ -40,7 +40,7 @@ class CamNet(nn.Module):
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(self.normalise(images01)))
 
-    def parameter_groups(self, frozen_stem: bool, batchnorm_stats: str = "batch") -> tuple[list, list]:
+    def parameter_groups(self, frozen_stem: bool, batchnorm_stats: BatchNormStats = "batch") -> tuple[list, list]:
         """(backbone parameters, head parameters); a frozen stem and fixed BatchNorms are left out.
         `batchnorm_stats` (params.BatchNormStats): which BatchNorm layers keep their running
         statistics and affine while the net trains."""

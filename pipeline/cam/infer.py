@@ -5,8 +5,9 @@ For each scale the image and its mirror go through the net; the ReLU of the per-
 is resized to the stride-4 grid ('cam', for the random walk) and to full resolution
 ('high_res': as the reference, to the image's size rounded up to a multiple of the net's
 stride, then cropped to the image, so a cell keeps its place), summed over scales and flips,
-restricted to the image's classes, and divided by each class's maximum. 'mask' is P = sigmoid(logits) averaged over the same passes: the mask the
-CLIMS losses trained, evaluated alongside the CAM.
+restricted to the image's classes, and divided by each class's maximum. 'mask' is
+P = sigmoid(logits) averaged over the same passes: the mask the CLIMS losses trained, evaluated
+alongside the CAM.
 """
 from __future__ import annotations
 

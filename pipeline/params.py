@@ -369,6 +369,15 @@ class TrainIrn(Training):
     features_from: FeaturesFrom
     radius: Annotated[int, Field(ge=2)]  # pixel pairs within this distance on the stride-4 grid
     paths: PathRule = "touching"  # "reference" also trains only sources whose whole neighbourhood is in the crop
+    # rescale each image by a uniform factor of its own size in this range instead of to a long side
+    # in long_side (IRN's training: 0.5-1.5)
+    scale_range: Optional[list[PositiveFloat]] = Field(default=None, min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _scale_range(self):
+        if self.scale_range and self.scale_range[0] > self.scale_range[1]:
+            raise ValueError(f"scale_range: {self.scale_range[0]} is larger than {self.scale_range[1]}")
+        return self
     side_channels: Annotated[int, Field(ge=4, multiple_of=4)]  # GroupNorm(4) per side output
 
 

@@ -136,3 +136,18 @@ def test_boundary_net_gives_a_stride4_map_from_a_frozen_backbone(tmp_path):
     assert torch.allclose(boundary_map(loaded, image), boundary_map(net.eval(), image))
     mirrored = boundary_map(net, image.flip(-1))
     assert torch.allclose(mirrored, boundary_map(net, image).flip(-1), atol=1e-6)  # image + flip is flip-symmetric
+
+
+def test_irn_training_can_rescale_each_image_by_its_own_size():
+    """IRN rescales a training image by 0.5-1.5 of its own size; with scale_range (0.5, 0.5) a
+    40 x 60 image and its label become 20 x 30 inside the crop, the rest IGNORE."""
+    from pipeline.data.images import augment
+
+    image, label = torch.rand(3, 40, 60), torch.ones(40, 60, dtype=torch.long)
+    out, out_label = augment(image, 64, (500, 500), label, scale_range=(0.5, 0.5))
+    assert out.shape == (3, 64, 64) and (out_label == 1).sum() == 20 * 30 and (out_label == IGNORE).sum() == 64 * 64 - 600
+    _, by_long_side = augment(image, 64, (30, 30), label)  # the long side to 30: 20 x 30 too
+    assert (by_long_side == 1).sum() == 600
+    torch.manual_seed(0)
+    sizes = {int((augment(image, 128, (1, 1), label, scale_range=(0.5, 1.5))[1] == 1).sum()) for _ in range(20)}
+    assert len(sizes) > 10 and min(sizes) >= 20 * 30 and max(sizes) <= 60 * 90

@@ -23,12 +23,17 @@ def load_image(path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
-def augment(image: torch.Tensor, crop_size: int, long_side: tuple[int, int], label: torch.Tensor | None = None):
+def augment(image: torch.Tensor, crop_size: int, long_side: tuple[int, int], label: torch.Tensor | None = None,
+            scale_range: tuple[float, float] | None = None):
     """Random long-side rescale, flip and crop of an image (3, H, W); a label map (H, W), when
-    given, gets the same (nearest rescale, 255 outside the image) and (image, label) is returned."""
+    given, gets the same (nearest rescale, 255 outside the image) and (image, label) is returned.
+    With `scale_range` (low, high) the rescale is a uniform factor of the image's own size
+    instead (IRN's training)."""
     height, width = image.shape[-2:]
-    target = int(torch.randint(long_side[0], long_side[1] + 1, ()).item())
-    scale = target / max(height, width)
+    if scale_range is None:
+        scale = int(torch.randint(long_side[0], long_side[1] + 1, ()).item()) / max(height, width)
+    else:
+        scale = scale_range[0] + float(torch.rand(())) * (scale_range[1] - scale_range[0])
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
     if label is not None:

@@ -39,9 +39,10 @@ class LabelMapTrainSet(torch.utils.data.Dataset):
     """(augmented image in [0, 1], its label map, IGNORE outside the image) per manifest row;
     the label maps are one PNG per image in `label_folder` (IR labels, pseudo labels)."""
 
-    def __init__(self, records: list[ImageRecord], label_folder: str | Path, crop_size: int, long_side: tuple[int, int]):
+    def __init__(self, records: list[ImageRecord], label_folder: str | Path, crop_size: int, long_side: tuple[int, int],
+                 scale_range: tuple[float, float] | None = None):
         self.records, self.label_folder = records, label_folder
-        self.crop_size, self.long_side = crop_size, long_side
+        self.crop_size, self.long_side, self.scale_range = crop_size, long_side, scale_range
 
     def __len__(self) -> int:
         return len(self.records)
@@ -49,4 +50,4 @@ class LabelMapTrainSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         label = torch.from_numpy(read_label(label_png_path(self.label_folder, record.image_id)).astype("int64"))
-        return augment(load_image(record.image_path), self.crop_size, self.long_side, label)
+        return augment(load_image(record.image_path), self.crop_size, self.long_side, label, self.scale_range)

@@ -1,6 +1,8 @@
 """IRN refinement: the CRF, IR labels, pair labels and the affinity loss, the boundary net."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -151,3 +153,22 @@ def test_irn_training_can_rescale_each_image_by_its_own_size():
     torch.manual_seed(0)
     sizes = {int((augment(image, 128, (1, 1), label, scale_range=(0.5, 1.5))[1] == 1).sum()) for _ in range(20)}
     assert len(sizes) > 10 and min(sizes) >= 20 * 30 and max(sizes) <= 60 * 90
+
+
+@pytest.mark.parametrize("sampling, offset", [("nearest", 0), ("nearest-exact", 2)])
+def test_ir_labels_reach_the_grid_from_the_pixel_each_cell_samples(tmp_path, sampling, offset):
+    """Cell i of the stride-4 grid takes the IR label's pixel 4i (torch's nearest) or 4i+2 (PIL's
+    nearest, IRN's): on a label that counts its columns, cell i reads 4i + offset."""
+    from pipeline.io import save_label_png
+    from pipeline.irn.train import IrnTrainSet
+    from tiny_scenes import scene
+
+    columns = np.tile(np.arange(32, dtype=np.uint8), (32, 1))
+    record = scene(tmp_path, "img", np.zeros((32, 32), np.uint8))
+    (tmp_path / "ir").mkdir()
+    save_label_png(tmp_path / "ir" / "img.png", columns)
+    dataset = IrnTrainSet([record], tmp_path / "ir", 32, (32, 32), grid_sampling=sampling)
+    torch.manual_seed(0)
+    _, grid = dataset[0]
+    expected = torch.arange(8) * 4 + offset
+    assert torch.equal(grid[0], expected) or torch.equal(grid[0], (31 - expected).flip(0))  # a flip mirrors the columns

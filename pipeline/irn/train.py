@@ -23,11 +23,16 @@ from pipeline.train_loop import Setup, TrainJob, fit_on_label_maps, ray_worker
 
 
 class IrnTrainSet(LabelMapTrainSet):
-    """The IR label taken to the stride-4 grid (nearest), where the boundary net works."""
+    """The IR label taken to the stride-4 grid, where the boundary net works: `grid_sampling`
+    "nearest" reads pixel 4i of cell i, "nearest-exact" pixel 4i+2 (PIL's nearest, as IRN)."""
+
+    def __init__(self, *args, grid_sampling: str = "nearest", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grid_sampling = grid_sampling
 
     def __getitem__(self, index: int):
         image, label = super().__getitem__(index)
-        grid = F.interpolate(label[None, None].float(), size=stride_size(*label.shape), mode="nearest")[0, 0]
+        grid = F.interpolate(label[None, None].float(), size=stride_size(*label.shape), mode=self.grid_sampling)[0, 0]
         return image, grid.long()
 
 
@@ -47,7 +52,7 @@ def irn_setup(job: TrainJob, device) -> Setup:
     net = BoundaryNet(backbone_from(job.params.backbone, job.init_net), cfg.side_channels).to(device)
     optimizer = torch.optim.SGD(net.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dataset = IrnTrainSet(read_manifest(job.manifest), job.labels, cfg.crop_size, tuple(cfg.long_side),
-                          tuple(cfg.scale_range) if cfg.scale_range else None)
+                          tuple(cfg.scale_range) if cfg.scale_range else None, grid_sampling=cfg.grid_sampling)
     return Setup(net, partial(boundary_step, offsets=forward_offsets(cfg.radius), paths=cfg.paths), optimizer, dataset)
 
 

@@ -381,6 +381,7 @@ class TrainIrn(Training):
             raise ValueError(f"scale_range: {self.scale_range[0]} is larger than {self.scale_range[1]}")
         return self
     side_channels: Annotated[int, Field(ge=4, multiple_of=4)]  # GroupNorm(4) per side output
+    side_upsampling: Literal["resize", "reference"] = "resize"  # pipeline.nets.boundary
 
 
 class MakeSemSeg(Section):

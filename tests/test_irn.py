@@ -172,3 +172,29 @@ def test_ir_labels_reach_the_grid_from_the_pixel_each_cell_samples(tmp_path, sam
     _, grid = dataset[0]
     expected = torch.arange(8) * 4 + offset
     assert torch.equal(grid[0], expected) or torch.equal(grid[0], (31 - expected).flip(0))  # a flip mirrors the columns
+
+
+def test_reference_side_outputs_are_upsampled_by_whole_factors_before_their_relu(tmp_path):
+    """IRN's side output of a stage at stride 16 on a 36 x 36 image (a 3 x 3 map, the grid 9 x 9):
+    conv, GroupNorm, x4 bilinear (12 x 12), cropped to 9 x 9, then ReLU; the project's default
+    resizes the ReLU'd map to 9 x 9."""
+    from pipeline.nets.backbone import build_backbone
+    from pipeline.nets.boundary import BoundaryNet, backbone_stages, load_boundary_net, save_boundary_net
+    from pipeline.params import BackboneSection
+
+    cfg = BackboneSection(name="resnet18", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=None)
+    torch.manual_seed(0)
+    net = BoundaryNet(build_backbone(cfg), side_channels=8, side_upsampling="reference").eval()
+    image = torch.rand(1, 3, 36, 36)
+    with torch.no_grad():
+        features = backbone_stages(net.backbone, net.normalise(image))
+        deepest, side = features[-1], net.sides[-1]
+        assert deepest.shape[-2:] == (3, 3) and net.side_factors == [1, 1, 2, 4, 4]
+        up = torch.nn.functional.interpolate(side[1](side[0](deepest)), scale_factor=4, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(net.side_output(4, deepest, (9, 9)), torch.relu(up[..., :9, :9]))
+        resized = torch.nn.functional.interpolate(side(deepest), size=(9, 9), mode="bilinear", align_corners=False)
+        assert (net.side_output(4, deepest, (9, 9)) - resized).abs().max() > 1e-3
+        assert net(image).shape == (1, 1, 9, 9)
+    save_boundary_net(tmp_path / "irn", net, cfg, 8, [])
+    loaded, meta = load_boundary_net(tmp_path / "irn")
+    assert meta["side_upsampling"] == "reference" and torch.equal(loaded(image), net(image))

@@ -49,7 +49,7 @@ def boundary_step(net: BoundaryNet, images: torch.Tensor, grid_labels: torch.Ten
 
 def irn_setup(job: TrainJob, device) -> Setup:
     cfg = job.params.train_irn
-    net = BoundaryNet(backbone_from(job.params.backbone, job.init_net), cfg.side_channels).to(device)
+    net = BoundaryNet(backbone_from(job.params.backbone, job.init_net), cfg.side_channels, cfg.side_upsampling).to(device)
     optimizer = torch.optim.SGD(net.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dataset = IrnTrainSet(read_manifest(job.manifest), job.labels, cfg.crop_size, tuple(cfg.long_side),
                           tuple(cfg.scale_range) if cfg.scale_range else None, grid_sampling=cfg.grid_sampling)
@@ -65,7 +65,7 @@ def train_irn(params: Params, manifest: Path, ir_labels: Path, out: Path, init_n
     """Train the boundary net on Ray Train and export it into `out`; returns the per-epoch history."""
     cfg = params.train_irn
     state = fit_on_label_maps(irn_worker, params, "train_irn", "make_ir_label", manifest, ir_labels, init_net, name)
-    net = BoundaryNet(backbone_from(params.backbone, init_net), cfg.side_channels)
+    net = BoundaryNet(backbone_from(params.backbone, init_net), cfg.side_channels, cfg.side_upsampling)
     net.load_state_dict(state["model"])
     save_boundary_net(out, net, params.backbone, cfg.side_channels, state["history"])
     return state["history"]

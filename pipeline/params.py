@@ -110,11 +110,14 @@ class RealDataset(DatasetSection):
     eval_split: str = Field(min_length=1)
     val_split: str = Field(min_length=1)
     classes: list[LabelledClass] = Field(min_length=2)  # class ids 1..C of the masks, in order
+    # what the class prompts say of each class: its `prompt` (the improved reference's words) or
+    # its `name` (the camera-ready reference's: 'diningtable', 'person')
+    prompt_source: Literal["prompt", "name"] = "prompt"
     background_prompts: list[str] = Field(min_length=1)
 
     @property
     def prompt_names(self) -> list[str]:
-        return [c.prompt for c in self.classes]
+        return [getattr(c, self.prompt_source) for c in self.classes]
 
     @property
     def background_prompt_names(self) -> list[str]:
@@ -235,6 +238,8 @@ class Training(Section):
     schedule: Literal["cosine", "poly"]
     crop_size: Annotated[int, Field(ge=16)]
     long_side: list[PositiveInt] = Field(min_length=2, max_length=2)  # random rescale range (pixels)
+    # a crop's pixels outside the image: black, or ImageNet's mean colour (0 once normalised: the reference)
+    crop_fill: Literal["black", "mean"] = "black"
     loader_workers: NonNegativeInt  # DataLoader processes per training worker
 
     @model_validator(mode="after")
@@ -284,17 +289,23 @@ class ClimsLossSection(Section):
     weights: LossWeights
     # improved: CBS threshold; 'auto' derives it from the CLIP's own cosines (metrics/clip.json)
     tau: Union[Annotated[float, Field(ge=-1.0, le=1.0)], Literal["auto"]]
-    # camera_ready: each class's own background prompts (names from dataset.background_prompts)
+    # camera_ready: each class's own background prompts (names from dataset.background_prompts);
+    # its groups per dataset are conf/clims_vocab/camera_ready_<dataset>.yaml
     class_backgrounds: Optional[dict[str, list[str]]]
+    # a class's pair weight in L_OTM and L_BTM (others 1); the camera-ready VOC group: 3 for
+    # sofa, dining table and chair
+    class_weights: Optional[dict[str, Annotated[float, Field(gt=0.0)]]] = None
     # what CLIP sees (pipeline.cam.losses): "pixels": P times the image in [0, 1] (a masked pixel
-    # is black), then CLIP's own normalisation; "imagenet": the reference's, P times the
-    # ImageNet-normalised image at CLIP's size (a masked pixel is ImageNet's mean colour)
-    clip_input: Literal["pixels", "imagenet"] = "pixels"
+    # is black), then CLIP's own normalisation; "imagenet": the improved reference's, P times the
+    # ImageNet-normalised image at CLIP's size (a masked pixel is ImageNet's mean colour); "clip":
+    # the camera-ready reference's, the same in CLIP's normalisation
+    clip_input: Literal["pixels", "imagenet", "clip"] = "pixels"
 
     @model_validator(mode="after")
     def _variant_needs(self):
         if self.variant == "camera_ready" and not self.class_backgrounds:
-            raise ValueError("class_backgrounds: the camera_ready variant needs each class's background prompts")
+            raise ValueError("class_backgrounds: the camera_ready variant needs each class's background prompts "
+                             "(conf/clims_vocab/camera_ready_<dataset>.yaml; the reference gives them for VOC only)")
         return self
 
 
@@ -526,6 +537,9 @@ class Params(Section):
             if self.clims_loss.tau == "auto":
                 raise ValueError(f"clims_loss.tau: 'auto' reads the synthetic world's CLIP report; give dataset "
                                  f"{self.dataset.name} a number (the reference: 0.26 on VOC, 0.285 on COCO)")
+        unknown = [name for name in self.clims_loss.class_weights or {} if name not in self.dataset.class_names]
+        if unknown:
+            raise ValueError(f"clims_loss.class_weights: {unknown} not classes of the dataset {self.dataset.class_names}")
         backgrounds = self.clims_loss.class_backgrounds or {}
         for name, prompts in backgrounds.items():
             if name not in self.dataset.class_names:

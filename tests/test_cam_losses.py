@@ -30,21 +30,64 @@ def test_cbs_threshold_counts_only_cosines_above_tau_and_sums():
     assert s.grad[0, 0] == pytest.approx(1 / 0.70) and s.grad[1, 0] == pytest.approx(1 / 0.50)
 
 
-def test_cbs_camera_ready_means_over_each_class_prompts():
+def test_cbs_camera_ready_sums_each_pairs_mean_over_its_class_prompts():
     s = torch.tensor([[0.5, 0.2, 0.9], [0.1, 0.1, 0.1], [0.5, 0.5, 0.5]])
     own = torch.tensor([[True, True, False], [False, False, False], [False, False, True]])
-    expected = ((-math.log(0.5) - math.log(0.8)) / 2 + -math.log(0.5)) / 2  # the pair without prompts is left out
+    expected = (-math.log(0.5) - math.log(0.8)) / 2 + -math.log(0.5)  # the pair without prompts adds nothing
     assert cbs_loss_per_class(s, own).item() == pytest.approx(expected)
     assert cbs_loss_per_class(s, torch.zeros_like(own)).item() == 0
 
 
-def test_reg_over_absent_classes_depends_on_the_variant():
+def test_reg_is_the_mean_over_every_class_channel_present_or_not():
     masks = torch.zeros(1, 3, 2, 2)
     masks[0, 0] = 0.5  # present
     masks[0, 2] = 1.0  # absent but switched on
-    labels = torch.tensor([[1.0, 0.0, 0.0]])
-    assert reg_loss(masks).item() == pytest.approx((0.5 * 4 + 1.0 * 4) / 12)  # improved: all channels
-    assert reg_loss(masks, labels).item() == pytest.approx(0.5)  # camera-ready: present channels only
+    assert reg_loss(masks).item() == pytest.approx((0.5 * 4 + 1.0 * 4) / 12)
+
+
+class _FixedClip:
+    """A stand-in CLIP whose image features are given per view (fg views, then bg views)."""
+
+    image_size, mean, std = 2, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+
+    def __init__(self, features: torch.Tensor):
+        self.features = features
+
+    def encode_prepared(self, views: torch.Tensor) -> torch.Tensor:
+        assert len(views) == len(self.features)
+        return self.features
+
+
+def test_camera_ready_weights_a_chair_pair_three_times_by_hand():
+    """VOC's camera-ready groups: a batch of a chair (image 0) and a dog (image 1). Feature axes
+    0..2 are the chair, dog and 'river' texts; fg cosines 0.4 (chair) and 0.2 (dog), bg cosines
+    0.3 and 0.1; the dog has 'river' as its own background prompt at a cosine of 0.25."""
+    texts = torch.eye(4)[:2]  # classes: chair, dog
+    backgrounds = torch.eye(4)[2:3]  # one prompt: river
+    fg = torch.tensor([[0.4, 0.0, 0.0, 0.9165], [0.0, 0.2, 0.25, 0.9474]])
+    bg = torch.tensor([[0.3, 0.0, 0.0, 0.9539], [0.0, 0.1, 0.0, 0.9950]])
+    clip = _FixedClip(torch.cat([fg, bg]))
+    loss_fn = ClimsLoss(clip, texts, backgrounds, LossWeights(otm=10.0, btm=25.0, cbs=29.5, reg=1.15), "camera_ready",
+                        class_prompt_mask=torch.tensor([[False], [True]]), clip_input="clip",
+                        class_weights=torch.tensor([3.0, 1.0]))
+    masks = torch.full((2, 2, 2, 2), 0.5)
+    out = loss_fn(torch.rand(2, 3, 4, 4), masks, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    otm = (3 * -math.log(0.4) + -math.log(0.2)) / 2  # the mean of the weighted terms, not / (3 + 1)
+    btm = (3 * -math.log(0.7) + -math.log(0.9)) / 2
+    cbs = -math.log(0.75)  # only the dog pair has prompts
+    assert out["otm"].item() == pytest.approx(otm, rel=1e-5) and out["btm"].item() == pytest.approx(btm, rel=1e-5)
+    assert out["cbs"].item() == pytest.approx(cbs, rel=1e-5) and out["reg"].item() == pytest.approx(0.5)
+    assert out["loss"].item() == pytest.approx(10 * otm + 25 * btm + 29.5 * cbs + 1.15 * 0.5, rel=1e-5)
+
+
+def test_a_cosine_at_or_below_zero_gives_a_finite_loss_without_gradient():
+    """The reference's camera-ready takes log(cosine) unclamped: NaN for a cosine <= 0. Here the
+    clamp gives -log(1e-4) and no gradient; above 1e-4 the two agree."""
+    s = torch.tensor([-0.1, 0.0, 0.3], requires_grad=True)
+    loss = otm_loss(s)
+    loss.backward()
+    assert loss.item() == pytest.approx((2 * -math.log(1e-4) - math.log(0.3)) / 3, rel=1e-5)
+    assert s.grad[0] == 0 and s.grad[1] == 0 and s.grad[2] == pytest.approx(-1 / (3 * 0.3))
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +132,7 @@ def test_one_batched_clip_pass_equals_a_loop_over_pairs(tiny_clip, variant):
             cbs.append((terms * (loss_fn.background_embeddings @ fg > 0.0)).sum())
         elif loss_fn.class_prompt_mask[k].any():
             cbs.append(terms[loss_fn.class_prompt_mask[k]].mean())
-    expected = {"otm": torch.stack(otm).mean(), "btm": torch.stack(btm).mean(),
-                "cbs": torch.stack(cbs).sum() if variant == "improved" else torch.stack(cbs).mean()}
+    expected = {"otm": torch.stack(otm).mean(), "btm": torch.stack(btm).mean(), "cbs": torch.stack(cbs).sum()}
     for name, value in expected.items():
         assert batched[name].item() == pytest.approx(value.item(), abs=1e-5), name
     assert batched["otm"].item() > 0 and batched["cbs"].item() > 0  # the comparison is not vacuous
@@ -121,9 +163,17 @@ def test_clip_input_of_a_4x4_image_by_hand():
     # the project's input stays in [0, 1] at the image's size: the masked corner is black (0)
     pixels = ClimsLoss(clip, embeddings, embeddings, weights).views(image, masks, torch.tensor([0]), torch.tensor([0]))
     assert pixels.shape == (2, 3, 4, 4) and pixels[0, :, 3, 3].abs().max() == 0 and pixels.min() >= 0
+    # the camera-ready reference's: the same in CLIP's normalisation, where CLIP's mean colour is 0
+    clip.mean, clip.std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.25, 0.2, 0.1]).view(1, 3, 1, 1)
+    camera_ready = ClimsLoss(clip, embeddings, embeddings, weights, clip_input="clip")
+    fg, bg = camera_ready.views(image, masks, torch.tensor([0]), torch.tensor([0]))
+    top_left = (image[0, :, 0, 0] - clip.mean.flatten()) / clip.std.flatten()
+    torch.testing.assert_close(fg[:, 0, 0], 0.5 * top_left)
+    torch.testing.assert_close(bg[:, 1, 1], -torch.tensor([0.5 / 0.25, 0.4 / 0.2, 0.3 / 0.1]))  # black, P = 0
+    torch.testing.assert_close(fg[:, 1, 1], torch.zeros(3))
 
 
-@pytest.mark.parametrize("clip_input", ["pixels", "imagenet"])
+@pytest.mark.parametrize("clip_input", ["pixels", "imagenet", "clip"])
 def test_gradients_reach_the_masks_through_the_frozen_clip(tiny_clip, clip_input):
     loss_fn = _loss(tiny_clip, "improved")
     loss_fn.clip_input = clip_input

@@ -3,6 +3,7 @@ stage writes for the next, the sweep and its experiment, and the plumbing check 
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -332,6 +333,15 @@ def test_plumbing_check_on_a_miniature_voc_tree(project, tmp_path):
     assert len(list((root / "artifacts/pseudo_labels").glob("*.png"))) == 12  # every training image
     rows = list(csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env))))
     assert any(row["Experiment"] == "voc-plumbing" and row["dataset.name"] == "voc12" for row in rows)
+
+    # The camera-ready variant with its VOC words, up to the CLIMS net (what follows is the same code).
+    _run(["dvc", "exp", "run", "-n", "voc-camera-ready", "-S", "dataset=voc12", "-S", f"dataset.root={voc}",
+          "-S", "check=plumbing", "-S", "clims_loss=camera_ready", "train_clims"], root, env)
+    texts = torch.load(root / "artifacts/clip/text_embeddings.pt", weights_only=True)
+    assert texts["class_prompts"][10] == "a photo of diningtable" and texts["class_prompts"][14] == "a photo of person"
+    assert texts["background_prompts"][4] == "a photo of building"
+    trained = metrics("train_clims")
+    assert trained["epoch"] == 1 and all(math.isfinite(trained[term]) for term in ("otm", "btm", "cbs", "reg", "loss"))
 
 
 def _trial_runs(client, sweep: str):

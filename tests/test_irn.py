@@ -155,6 +155,21 @@ def test_irn_training_can_rescale_each_image_by_its_own_size():
     assert len(sizes) > 10 and min(sizes) >= 20 * 30 and max(sizes) <= 60 * 90
 
 
+def test_a_crop_outside_the_image_is_black_or_the_references_mean_colour():
+    """The reference pads a crop with 0 after ImageNet normalisation: ImageNet's mean colour, which
+    the nets (normalising themselves) then see as 0; black is the synthetic default's padding."""
+    from pipeline.data.images import augment
+    from pipeline.nets.backbone import ImageNetNormalise
+
+    image = torch.full((3, 10, 10), 0.9)
+    black, mean = (torch.manual_seed(0) and augment(image, 16, (10, 10), fill=fill) for fill in ("black", "mean"))  # the same crop
+    outside = (black == 0).all(0)
+    assert outside.sum() == 16 * 16 - 100 and (black[:, ~outside] == 0.9).all()
+    torch.testing.assert_close(ImageNetNormalise()(mean[None])[0][:, outside], torch.zeros(3, int(outside.sum())))
+    _, label = augment(image, 16, (10, 10), torch.ones(10, 10, dtype=torch.long), fill="mean")
+    assert (label == IGNORE).sum() == 16 * 16 - 100
+
+
 @pytest.mark.parametrize("sampling, offset", [("nearest", 0), ("nearest-exact", 2)])
 def test_ir_labels_reach_the_grid_from_the_pixel_each_cell_samples(tmp_path, sampling, offset):
     """Cell i of the stride-4 grid takes the IR label's pixel 4i (torch's nearest) or 4i+2 (PIL's

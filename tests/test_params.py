@@ -120,6 +120,27 @@ def test_camera_ready_group_composes_and_validates():
     params = validate(compose(["clims_loss=camera_ready", "backbone=resnet50"], conf_dir=REPO / "conf"))
     assert params.clims_loss.variant == "camera_ready" and params.clims_loss.class_backgrounds["boat"] == ["water"]
     assert params.backbone.strides == [2, 2, 2, 1]
+    parts = validate(compose(["clims_loss=camera_ready", "dataset=synthetic_parts"], conf_dir=REPO / "conf"))
+    assert parts.clims_loss.class_backgrounds == params.clims_loss.class_backgrounds
+
+
+def test_camera_ready_on_voc_takes_the_reference_words():
+    voc = validate(compose(["dataset=voc12", "clims_loss=camera_ready"], conf_dir=REPO / "conf"))
+    loss = voc.clims_loss
+    assert (loss.weights.otm, loss.weights.btm, loss.weights.cbs, loss.weights.reg) == (10.0, 25.0, 29.5, 1.15)
+    assert loss.class_backgrounds == {"boat": ["river", "water", "lake", "sea", "building"],
+                                      "train": ["railroad", "railway", "branches", "tree"]}
+    assert loss.class_weights == {"sofa": 3.0, "diningtable": 3.0, "chair": 3.0}
+    assert (loss.clip_input, loss.score) == ("clip", "cosine")
+    assert voc.dataset.prompt_template.format(voc.dataset.prompt_names[10]) == "a photo of diningtable"
+    assert voc.dataset.prompt_names[14] == "person"
+    improved = validate(compose(["dataset=voc12"], conf_dir=REPO / "conf"))  # untouched without the variant
+    assert improved.dataset.prompt_template == "a photo of {}." and improved.clims_loss.class_weights is None
+
+
+def test_camera_ready_on_a_dataset_without_its_words_is_refused():
+    raw = compose(["dataset=coco14", "clims_loss=camera_ready"], conf_dir=REPO / "conf")
+    assert "conf/clims_vocab/camera_ready_<dataset>.yaml" in _error(raw)
 
 
 @pytest.mark.parametrize("section, key, value, message", [
@@ -128,6 +149,8 @@ def test_camera_ready_group_composes_and_validates():
     ("clims_loss", "class_backgrounds", {"boat": ["ocean"]}, "clims_loss.class_backgrounds.boat: ['ocean'] not in the background prompts"),
     ("backbone", "widths", [32, 64], "backbone: widths: small_resnet needs 4 values"),
     ("clims_loss", "tau", "high", "clims_loss.tau"),
+    ("clims_loss", "class_weights", {"chair": 3.0}, "clims_loss.class_weights: ['chair'] not classes of the dataset"),
+    ("clims_loss", "class_weights", {"boat": 0.0}, "clims_loss.class_weights.boat"),
     ("train_cam", "schedule", "step", "train_cam.schedule"),
 ])
 def test_cam_sections_are_checked(base_params, section, key, value, message):

@@ -3,22 +3,28 @@
 For every positive (image n, class k) pair of a batch, the foreground view P[n,k] * image and
 the background view (1 - P[n,k]) * image go through CLIP's image encoder together, once; the
 text embeddings are the ones prepare_clip cached. With s the cosine of L2-normalised features
-(no logit scale, no softmax) and c(s) = clamp(s, 1e-4, 0.9999):
+(no logit scale, no softmax), c(s) = clamp(s, 1e-4, 0.9999) and w_k a class's pair weight
+(`class_weights`, 1 unless set; the camera-ready VOC group: 3 for sofa, dining table, chair):
 
-  L_OTM = mean over pairs of -log c(s(fg, t_k))        the object should be in the foreground
-  L_BTM = mean over pairs of -log(1 - c(s(bg, t_k)))   and none of it left in the background
+  L_OTM = mean over pairs of w_k * -log c(s(fg, t_k))        the object should be in the foreground
+  L_BTM = mean over pairs of w_k * -log(1 - c(s(bg, t_k)))   and none of it left in the background
   L_CBS = background prompts b_l that the foreground should not match:
           improved:     sum over pairs and all prompts of 1[s(fg, b_l) > tau] * -log(1 - c(s))
-          camera_ready: per pair, the mean over its class's own prompts (no threshold),
-                        averaged over the pairs whose class has prompts
-  L_REG = mean of P over pixels and (improved) every class channel or (camera_ready) the
-          present classes' channels only
+          camera_ready: sum over pairs of the mean over the pair's class's own prompts (no
+                        threshold; pairs of classes without prompts add nothing)
+  L_REG = mean of P over pixels and every class channel, present or not (both variants)
+
+The reference's camera-ready code takes no clamp: a foreground cosine <= 0 makes its loss NaN.
+Here the clamp stays in both variants: OpenAI CLIP's image-text cosines (about 0.1-0.4) never
+reach it, so the figures agree, and where a cosine does the term is finite with no gradient.
 
 What CLIP sees (`clip_input`): "pixels" resizes P to the image (align_corners=False) and masks
 the image in [0, 1], so a masked pixel is black, as the tiny CLIP saw in training; CLIP's own
-normalisation follows. "imagenet" is the reference's: P and the ImageNet-normalised image are
-resized to CLIP's input (bilinear, align_corners=True) and multiplied there, so a masked pixel is
-0 in ImageNet space (ImageNet's mean colour), and that goes to CLIP without its normalisation.
+normalisation follows. "imagenet" is the improved reference's: P and the ImageNet-normalised
+image are resized to CLIP's input (bilinear, align_corners=True) and multiplied there, so a
+masked pixel is 0 in ImageNet space (ImageNet's mean colour), and that goes to CLIP without its
+normalisation. "clip" is the camera-ready reference's: the same with CLIP's own mean and std in
+place of ImageNet's (a masked pixel is CLIP's mean colour).
 
 The reference takes the log of raw cosines, which suits OpenAI CLIP (its image-text cosines
 stay around 0.15-0.35). A CLIP trained with a sigmoid loss has cosines from about -0.5 to 0.9:
@@ -44,12 +50,14 @@ def _neg_log(x: torch.Tensor) -> torch.Tensor:
     return -torch.log(x.clamp(*CLAMP))
 
 
-def otm_loss(s_fg_class: torch.Tensor) -> torch.Tensor:
-    return _neg_log(s_fg_class).mean()
+def otm_loss(s_fg_class: torch.Tensor, pair_weights: torch.Tensor | None = None) -> torch.Tensor:
+    terms = _neg_log(s_fg_class)
+    return (terms if pair_weights is None else terms * pair_weights).mean()
 
 
-def btm_loss(s_bg_class: torch.Tensor) -> torch.Tensor:
-    return -torch.log(1 - s_bg_class.clamp(*CLAMP)).mean()
+def btm_loss(s_bg_class: torch.Tensor, pair_weights: torch.Tensor | None = None) -> torch.Tensor:
+    terms = -torch.log(1 - s_bg_class.clamp(*CLAMP))
+    return (terms if pair_weights is None else terms * pair_weights).mean()
 
 
 def cbs_loss_thresholded(s_fg_backgrounds: torch.Tensor, tau: float, firing: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,20 +68,15 @@ def cbs_loss_thresholded(s_fg_backgrounds: torch.Tensor, tau: float, firing: tor
 
 
 def cbs_loss_per_class(s_fg_backgrounds: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-    """Camera-ready variant: each pair's mean over its class's prompts (rows of prompt_mask)."""
-    has = prompt_mask.any(dim=1)
-    if not has.any():
-        return s_fg_backgrounds.sum() * 0
+    """Camera-ready variant: the sum over pairs of each pair's mean over its class's prompts
+    (rows of prompt_mask; a pair whose class has none adds nothing)."""
     terms = -torch.log(1 - s_fg_backgrounds.clamp(*CLAMP)) * prompt_mask
-    return (terms.sum(1)[has] / prompt_mask.sum(1)[has]).mean()
+    return (terms.sum(1) / prompt_mask.sum(1).clamp(min=1)).sum()
 
 
-def reg_loss(masks: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of P over all classes, or over the present ones when `labels` (N, C) is given."""
-    if labels is None:
-        return masks.mean()
-    present = labels.bool()
-    return masks[present].mean() if present.any() else masks.sum() * 0
+def reg_loss(masks: torch.Tensor) -> torch.Tensor:
+    """Mean of P over every class channel, present or absent, and every pixel."""
+    return masks.mean()
 
 
 class ClimsLoss(nn.Module):
@@ -82,13 +85,16 @@ class ClimsLoss(nn.Module):
     def __init__(self, clip, class_embeddings: torch.Tensor, background_embeddings: torch.Tensor,
                  weights: LossWeights, variant: str = "improved", tau: float = 0.26,
                  class_prompt_mask: torch.Tensor | None = None, score: tuple[float, float] | None = None,
-                 clip_input: str = "pixels"):
+                 clip_input: str = "pixels", class_weights: torch.Tensor | None = None):
         """`score` (scale, bias): score pairs by the CLIP's own sigmoid(scale * cosine + bias)
-        instead of the cosine (see module doc); tau stays a cosine. `clip_input`: "pixels" or
-        "imagenet" (module doc)."""
+        instead of the cosine (see module doc); tau stays a cosine. `clip_input`: "pixels",
+        "imagenet" or "clip" (module doc). `class_weights` (C,): each class's pair weight in
+        OTM and BTM."""
         super().__init__()
         if variant not in ("improved", "camera_ready"):
             raise ValueError(f"unknown CLIMS variant {variant!r}")
+        if clip_input not in ("pixels", "imagenet", "clip"):
+            raise ValueError(f"unknown clip_input {clip_input!r}")
         if variant == "camera_ready" and class_prompt_mask is None:
             raise ValueError("the camera_ready variant needs each class's background prompts")
         self.clip, self.weights, self.variant, self.tau, self.score = clip, weights, variant, tau, score
@@ -96,24 +102,31 @@ class ClimsLoss(nn.Module):
         self.register_buffer("class_embeddings", class_embeddings)
         self.register_buffer("background_embeddings", background_embeddings)
         self.register_buffer("class_prompt_mask", class_prompt_mask if class_prompt_mask is not None else torch.zeros(0))
+        self.register_buffer("class_weights", class_weights)
+
+    def normalised(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] in the space the reference masks them in (clip_input imagenet or clip)."""
+        if self.clip_input == "imagenet":
+            return self.imagenet(images)
+        return (images - self.clip.mean.to(images)) / self.clip.std.to(images)
 
     def views(self, images: torch.Tensor, masks: torch.Tensor, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """The foreground views of the pairs (image n, class k), then their background views, as
         CLIP's encoder takes them."""
-        if self.clip_input == "imagenet":
-            size = (self.clip.image_size, self.clip.image_size)
-            pair_images = F.interpolate(self.imagenet(images), size=size, mode="bilinear", align_corners=True)[n]
-            pair_masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=True)[n, k].unsqueeze(1)
-        else:
+        if self.clip_input == "pixels":
             pair_images = images[n]
             pair_masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)[n, k].unsqueeze(1)
+        else:
+            size = (self.clip.image_size, self.clip.image_size)
+            pair_images = F.interpolate(self.normalised(images), size=size, mode="bilinear", align_corners=True)[n]
+            pair_masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=True)[n, k].unsqueeze(1)
         return torch.cat([pair_images * pair_masks, pair_images * (1 - pair_masks)])
 
     def similarities(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor):
         """Cosines for every positive pair from one CLIP pass over all fg and bg views."""
         n, k = labels.nonzero(as_tuple=True)
         views = self.views(images, masks, n, k)
-        features = self.clip.encode_prepared(views) if self.clip_input == "imagenet" else self.clip.encode_images(views)
+        features = self.clip.encode_images(views) if self.clip_input == "pixels" else self.clip.encode_prepared(views)
         fg, bg = features[: len(n)], features[len(n) :]
         texts = self.class_embeddings[k]
         return k, (fg * texts).sum(-1), (bg * texts).sum(-1), fg @ self.background_embeddings.T
@@ -126,10 +139,9 @@ class ClimsLoss(nn.Module):
         s_fg, s_bg, s_fg_backgrounds = self.scores(cos_fg), self.scores(cos_bg), self.scores(cos_fg_backgrounds)
         if self.variant == "improved":
             cbs = cbs_loss_thresholded(s_fg_backgrounds, self.tau, firing=cos_fg_backgrounds > self.tau)
-            reg = reg_loss(masks)
         else:
             cbs = cbs_loss_per_class(s_fg_backgrounds, self.class_prompt_mask[k])
-            reg = reg_loss(masks, labels)
-        terms = {"otm": otm_loss(s_fg), "btm": btm_loss(s_bg), "cbs": cbs, "reg": reg}
+        pair_weights = None if self.class_weights is None else self.class_weights[k]
+        terms = {"otm": otm_loss(s_fg, pair_weights), "btm": btm_loss(s_bg, pair_weights), "cbs": cbs, "reg": reg_loss(masks)}
         terms["loss"] = sum(getattr(self.weights, name) * terms[name] for name in TERMS)
         return terms

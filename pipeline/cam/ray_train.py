@@ -55,7 +55,7 @@ def cam_setup(job: TrainJob, device) -> Setup:
     records = read_manifest(job.manifest)
     split = len(records) - job.held_images
     dataset = CamTrainSet(records[:split][: job.train_images], len(params.dataset.class_names), cfg.crop_size,
-                          tuple(cfg.long_side))
+                          tuple(cfg.long_side), cfg.crop_fill)
     evaluate = None
     if split < len(records):
         sweep, ts = params.sweep, thresholds(**params.eval_cam.thresholds.model_dump())

@@ -39,7 +39,16 @@ def clims_loss_from(params: Params, clip, texts: dict, tau: float) -> ClimsLoss:
     cfg = params.clims_loss
     return ClimsLoss(clip, texts["class_embeddings"], texts["background_embeddings"], cfg.weights, cfg.variant, tau,
                      class_prompt_mask(params, texts["background_names"]),
-                     score=clip_sigmoid(clip) if cfg.score == "clip_sigmoid" else None, clip_input=cfg.clip_input)
+                     score=clip_sigmoid(clip) if cfg.score == "clip_sigmoid" else None, clip_input=cfg.clip_input,
+                     class_weights=class_weights(params))
+
+
+def class_weights(params: Params) -> torch.Tensor | None:
+    """(C,) pair weights of the classes in L_OTM and L_BTM, or None when all are 1."""
+    weights = params.clims_loss.class_weights
+    if not weights:
+        return None
+    return torch.tensor([weights.get(name, 1.0) for name in params.dataset.class_names])
 
 
 def clip_sigmoid(clip) -> tuple[float, float]:

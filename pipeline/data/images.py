@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline.errors import UserError
 from pipeline.metrics import IGNORE
+from pipeline.nets.backbone import IMAGENET_MEAN
 
 
 def load_image(path) -> torch.Tensor:
@@ -23,12 +24,15 @@ def load_image(path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
+CROP_FILLS = {"black": (0.0, 0.0, 0.0), "mean": IMAGENET_MEAN}  # what a crop shows outside the image
+
+
 def augment(image: torch.Tensor, crop_size: int, long_side: tuple[int, int], label: torch.Tensor | None = None,
-            scale_range: tuple[float, float] | None = None):
+            scale_range: tuple[float, float] | None = None, fill: str = "black"):
     """Random long-side rescale, flip and crop of an image (3, H, W); a label map (H, W), when
     given, gets the same (nearest rescale, 255 outside the image) and (image, label) is returned.
     With `scale_range` (low, high) the rescale is a uniform factor of the image's own size
-    instead (IRN's training)."""
+    instead (IRN's training). `fill` names the colour outside the image (CROP_FILLS)."""
     height, width = image.shape[-2:]
     if scale_range is None:
         scale = int(torch.randint(long_side[0], long_side[1] + 1, ()).item()) / max(height, width)
@@ -41,8 +45,8 @@ def augment(image: torch.Tensor, crop_size: int, long_side: tuple[int, int], lab
     if torch.rand(()) < 0.5:
         image = image.flip(-1)
     if label is None:
-        return random_crop(image, crop_size)
-    cropped = random_crop(image, crop_size, fill=(0.0, 0.0, 0.0, float(IGNORE)))
+        return random_crop(image, crop_size, fill=CROP_FILLS[fill])
+    cropped = random_crop(image, crop_size, fill=(*CROP_FILLS[fill], float(IGNORE)))
     return cropped[:3], cropped[3].long()
 
 

@@ -22,16 +22,17 @@ def multi_hot(class_ids, num_classes: int) -> torch.Tensor:
 class CamTrainSet(torch.utils.data.Dataset):
     """(augmented image in [0, 1], multi-hot labels) per manifest row."""
 
-    def __init__(self, records: list[ImageRecord], num_classes: int, crop_size: int, long_side: tuple[int, int]):
+    def __init__(self, records: list[ImageRecord], num_classes: int, crop_size: int, long_side: tuple[int, int],
+                 fill: str = "black"):
         self.records = [r for r in records if r.class_ids]  # images without a class teach nothing
-        self.num_classes, self.crop_size, self.long_side = num_classes, crop_size, long_side
+        self.num_classes, self.crop_size, self.long_side, self.fill = num_classes, crop_size, long_side, fill
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int):
         record = self.records[index]
-        image = augment(load_image(record.image_path), self.crop_size, self.long_side)
+        image = augment(load_image(record.image_path), self.crop_size, self.long_side, fill=self.fill)
         return image, multi_hot(record.class_ids, self.num_classes)
 
 
@@ -40,9 +41,9 @@ class LabelMapTrainSet(torch.utils.data.Dataset):
     the label maps are one PNG per image in `label_folder` (IR labels, pseudo labels)."""
 
     def __init__(self, records: list[ImageRecord], label_folder: str | Path, crop_size: int, long_side: tuple[int, int],
-                 scale_range: tuple[float, float] | None = None):
+                 scale_range: tuple[float, float] | None = None, fill: str = "black"):
         self.records, self.label_folder = records, label_folder
-        self.crop_size, self.long_side, self.scale_range = crop_size, long_side, scale_range
+        self.crop_size, self.long_side, self.scale_range, self.fill = crop_size, long_side, scale_range, fill
 
     def __len__(self) -> int:
         return len(self.records)
@@ -50,4 +51,4 @@ class LabelMapTrainSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         label = torch.from_numpy(read_label(label_png_path(self.label_folder, record.image_id)).astype("int64"))
-        return augment(load_image(record.image_path), self.crop_size, self.long_side, label, self.scale_range)
+        return augment(load_image(record.image_path), self.crop_size, self.long_side, label, self.scale_range, self.fill)

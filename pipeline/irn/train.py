@@ -52,7 +52,7 @@ def irn_setup(job: TrainJob, device) -> Setup:
     net = BoundaryNet(backbone_from(job.params.backbone, job.init_net), cfg.side_channels, cfg.side_upsampling).to(device)
     optimizer = torch.optim.SGD(net.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dataset = IrnTrainSet(read_manifest(job.manifest), job.labels, cfg.crop_size, tuple(cfg.long_side),
-                          tuple(cfg.scale_range) if cfg.scale_range else None, grid_sampling=cfg.grid_sampling)
+                          tuple(cfg.scale_range) if cfg.scale_range else None, cfg.crop_fill, grid_sampling=cfg.grid_sampling)
     return Setup(net, partial(boundary_step, offsets=forward_offsets(cfg.radius), paths=cfg.paths), optimizer, dataset)
 
 

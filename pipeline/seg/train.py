@@ -39,7 +39,8 @@ def seg_setup(job: TrainJob, device) -> Setup:
     backbone, head = parameter_groups(net)
     optimizer = torch.optim.SGD([{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}],
                                 lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    dataset = LabelMapTrainSet(read_manifest(job.manifest), job.labels, cfg.crop_size, tuple(cfg.long_side))
+    dataset = LabelMapTrainSet(read_manifest(job.manifest), job.labels, cfg.crop_size, tuple(cfg.long_side),
+                               fill=cfg.crop_fill)
     return Setup(net, partial(seg_step, balanced=cfg.loss == "balanced"), optimizer, dataset)
 
 

@@ -339,8 +339,9 @@ class EvalCam(Section):
 
 # --------------------------------------------------------------------------- IRN refinement
 class CrfSection(Section):
-    """Dense CRF (pipeline.ops.crf): the reference's kernels, a local window of exact evaluation."""
+    """Dense CRF (pipeline.ops.crf): the reference's kernels, fully connected or in a window."""
 
+    kernel: Literal["lattice", "window"]  # every pixel pair (the reference's), or a window
     iterations: NonNegativeInt
     gaussian_sxy: PositiveFloat
     gaussian_compat: Annotated[float, Field(ge=0.0)]
@@ -348,8 +349,8 @@ class CrfSection(Section):
     bilateral_srgb: PositiveFloat
     bilateral_compat: Annotated[float, Field(ge=0.0)]
     gt_prob: Annotated[float, Field(gt=0.0, lt=1.0)]  # unary: probability of the given label
-    window: PositiveInt  # half-width of the message window, in message pixels
-    downsample: PositiveInt  # message resolution = image / this
+    window: PositiveInt  # kernel window: half-width of the message window, in message pixels
+    downsample: PositiveInt  # kernel window: message resolution = image / this
 
 
 class MakeIrLabel(Section):

@@ -26,26 +26,27 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a == 1) & (b == 1)).sum() / ((a == 1) | (b == 1)).sum())
 
 
-def test_crf_pulls_a_noisy_mask_onto_the_object_edges():
+@pytest.mark.parametrize("kernel", ["lattice", "window"])
+def test_crf_pulls_a_noisy_mask_onto_the_object_edges(kernel):
     image, truth = _two_region_image()
     gen = torch.Generator().manual_seed(1)
     noisy = truth.clone()
     noisy[:, 30:] = torch.roll(truth, 3, dims=1)[:, 30:]  # the right edge drawn 3 pixels too far out
     flips = torch.rand(48, 48, generator=gen) < 0.15
     noisy[flips] = 1 - noisy[flips]  # and 15 % of the pixels wrong
-    cfg = crf_config()
-    refined = crf_labels(pairwise_kernel(image[None], cfg), noisy[None], 2, cfg)[0]
+    cfg = crf_config(kernel=kernel)
+    refined = crf_labels(pairwise_kernel(image[None], cfg), [noisy[None]], 2, cfg)[0][0]
     assert _iou(noisy, truth) < 0.75
     assert _iou(refined, truth) > 0.95
     # without the bilateral (colour) term, the edge cannot be found
-    blind = crf_config(bilateral_compat=0.0)
-    assert _iou(crf_labels(pairwise_kernel(image[None], blind), noisy[None], 2, blind)[0], truth) < _iou(refined, truth)
+    blind = crf_config(kernel=kernel, bilateral_compat=0.0)
+    assert _iou(crf_labels(pairwise_kernel(image[None], blind), [noisy[None]], 2, blind)[0][0], truth) < _iou(refined, truth)
 
 
 def test_crf_kernel_is_symmetric_normalised_and_local():
     image, _ = _two_region_image()
     cfg = crf_config(window=2, gaussian_compat=1.0, bilateral_compat=0.0)  # the Gaussian alone
-    kernel = pairwise_kernel(image[None], cfg)[0]  # (25, H, W)
+    kernel = pairwise_kernel(image[None], cfg).weights[0]  # (25, H, W)
     centre = kernel[:, 20, 20]
     raw = torch.tensor([math.exp(-(dy * dy + dx * dx) / 18) for dy in range(-2, 3) for dx in range(-2, 3)])
     expected = raw / raw.sum()  # inside the image every pixel has the same normaliser

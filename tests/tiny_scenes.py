@@ -32,6 +32,6 @@ def scene(folder, name, label, ground=None, seed=0) -> ImageRecord:
 
 def crf_config(**changes) -> CrfSection:
     """The reference's CRF settings with a 7-pixel window at full resolution, and `changes`."""
-    cfg = {"iterations": 10, "gaussian_sxy": 3.0, "gaussian_compat": 3.0, "bilateral_sxy": 50.0, "bilateral_srgb": 5.0,
+    cfg = {"kernel": "window", "iterations": 10, "gaussian_sxy": 3.0, "gaussian_compat": 3.0, "bilateral_sxy": 50.0, "bilateral_srgb": 5.0,
            "bilateral_compat": 10.0, "gt_prob": 0.7, "window": 7, "downsample": 1}
     return CrfSection(**{**cfg, **changes})

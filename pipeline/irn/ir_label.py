@@ -24,18 +24,17 @@ from pipeline.ops.crf import crf_labels, pairwise_kernel
 from pipeline.params import CrfSection, MakeIrLabel
 
 
-def confident_labels(kernel: torch.Tensor, cams: torch.Tensor, threshold: float, crf: CrfSection) -> torch.Tensor:
+def threshold_labels(cams: torch.Tensor, threshold: float) -> torch.Tensor:
     """(N, H, W) labels in 0..K (0 = background, k = the k-th CAM) from CAMs (N, K, H, W) padded
-    with `threshold` as the background score, refined by the CRF (the images' pairwise kernel)."""
-    padded = torch.cat([torch.full_like(cams[:, :1], threshold), cams], 1)
-    return crf_labels(kernel, padded.argmax(1), cams.shape[1] + 1, crf)
+    with `threshold` as the background score."""
+    return torch.cat([torch.full_like(cams[:, :1], threshold), cams], 1).max(1).indices  # max(): CPU argmax over dim 1 is ~10x slower
 
 
 def ir_labels(images: torch.Tensor, cams: torch.Tensor, fg_threshold: float, bg_threshold: float, crf: CrfSection) -> torch.Tensor:
-    """IR labels (N, H, W) in 0..K or IGNORE, from images (N, 3, H, W) in 0..255."""
-    kernel = pairwise_kernel(images, crf)
-    fg = confident_labels(kernel, cams, fg_threshold, crf)
-    bg = confident_labels(kernel, cams, bg_threshold, crf)
+    """IR labels (N, H, W) in 0..K or IGNORE, from images (N, 3, H, W) in 0..255: the confident
+    foreground and background labels, each refined by the CRF (the two in one grouped CRF)."""
+    fg, bg = crf_labels(pairwise_kernel(images, crf), [threshold_labels(cams, fg_threshold), threshold_labels(cams, bg_threshold)],
+                        cams.shape[1] + 1, crf)
     return torch.where((fg == 0) & (bg != 0), IGNORE, fg)
 
 

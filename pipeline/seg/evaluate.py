@@ -36,7 +36,7 @@ def predict_labels(net, records: list[ImageRecord], scales: list[float], batch_s
         prob = multiscale_probabilities(net, images, scales)
         if crf is not None:
             prob = mean_field(-prob.clamp_min(1e-8).log(), pairwise_kernel(images * 255, crf), crf)
-        for record, label in zip(batch, prob.argmax(1).cpu().numpy().astype(np.uint8)):
+        for record, label in zip(batch, prob.max(1).indices.cpu().numpy().astype(np.uint8)):
             predictions[record.image_id] = label
     return predictions
 

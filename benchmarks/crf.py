@@ -2,7 +2,7 @@
 parameters: IR labels as IRN makes them (two CRFs per image, from CAMs at the foreground and
 background thresholds), marginals, and seconds per image on the same cores.
 
-    pip install pydensecrf2          # builds from source: needs a C++ compiler (and Cython)
+    pip install -e '.[reference-crf]'   # pydensecrf2: builds from source with a C++ compiler
     python benchmarks/crf.py [--scenes 20] [--size 375x500] [--device cpu|cuda] [--threads 2]
 
 Scenes are the synthetic world rendered at --size, with CAM-like maps made from their masks
@@ -112,7 +112,8 @@ def main() -> None:
     parser.add_argument("--downsample", type=int, default=4)
     args = parser.parse_args()
     if dcrf is None:
-        print("benchmarks/crf.py: pydensecrf is not installed (pip install pydensecrf2; it builds with a C++ compiler); skipped")
+        print("benchmarks/crf.py: pydensecrf is not installed (pip install -e '.[reference-crf]': pydensecrf2, "
+              "built with a C++ compiler); skipped")
         return
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the stages run the CRF

@@ -213,3 +213,29 @@ def test_tau_auto_is_halfway_between_the_clip_figures(tmp_path):
     assert resolve_tau(cfg.model_copy(update={"tau": 0.26}), figures)[0] == 0.26
     with pytest.raises(UserError, match="missing.json: missing"):
         resolve_tau(cfg, tmp_path / "missing.json")
+
+
+def test_voc_camera_ready_params_build_the_references_loss(tiny_clip):
+    """dataset=voc12 with clims_loss=camera_ready, as `clims_loss_from` builds the loss from
+    prepare_clip's texts: the 3x pair weights, boat's and train's own prompts, CLIP-space views."""
+    from pipeline.cam.train import clims_loss_from
+    from pipeline.config import compose
+    from pipeline.params import validate
+
+    params = validate(compose(["dataset=voc12", "clims_loss=camera_ready"], conf_dir=REPO / "conf"))
+    names, backgrounds = params.dataset.class_names, params.dataset.background_prompt_names
+    torch.manual_seed(0)
+    texts = {"class_embeddings": torch.nn.functional.normalize(torch.randn(20, 32), dim=-1),
+             "background_embeddings": torch.nn.functional.normalize(torch.randn(len(backgrounds), 32), dim=-1),
+             "background_names": backgrounds}
+    loss_fn = clims_loss_from(params, tiny_clip, texts, tau=0.26)
+    weighted = {names[i] for i in (loss_fn.class_weights == 3).nonzero().flatten().tolist()}
+    assert weighted == {"chair", "diningtable", "sofa"} and int((loss_fn.class_weights == 1).sum()) == 17
+    own = {names[k]: [backgrounds[b] for b in row.nonzero().flatten().tolist()] for k, row in enumerate(loss_fn.class_prompt_mask) if row.any()}
+    assert own == {"boat": ["river", "water", "lake", "sea", "building"], "train": ["railroad", "railway", "branches", "tree"]}
+    assert (loss_fn.variant, loss_fn.clip_input, loss_fn.score) == ("camera_ready", "clip", None)
+    labels = torch.zeros(2, 20)
+    labels[0, [3, 8]] = 1  # a boat and a chair
+    labels[1, 18] = 1  # a train
+    out = loss_fn(torch.rand(2, 3, 64, 64), torch.rand(2, 20, 16, 16), labels)
+    assert all(torch.isfinite(out[term]) for term in ("otm", "btm", "cbs", "reg", "loss")) and out["cbs"] > 0

@@ -334,14 +334,21 @@ def test_plumbing_check_on_a_miniature_voc_tree(project, tmp_path):
     rows = list(csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env))))
     assert any(row["Experiment"] == "voc-plumbing" and row["dataset.name"] == "voc12" for row in rows)
 
-    # The camera-ready variant with its VOC words, up to the CLIMS net (what follows is the same code).
+
+@pytest.mark.slow
+def test_camera_ready_plumbing_on_a_miniature_voc_tree(project, tmp_path):
+    """The camera-ready variant with its VOC words through the whole pipeline (`-m slow`: another
+    3-4 minutes; tests/test_cam_losses.py checks the same wiring in-process by default)."""
+    root, env = project
+    voc, _ = voc_tree(tmp_path)
     _run(["dvc", "exp", "run", "-n", "voc-camera-ready", "-S", "dataset=voc12", "-S", f"dataset.root={voc}",
-          "-S", "check=plumbing", "-S", "clims_loss=camera_ready", "train_clims"], root, env)
+          "-S", "check=plumbing", "-S", "clims_loss=camera_ready"], root, env)
     texts = torch.load(root / "artifacts/clip/text_embeddings.pt", weights_only=True)
     assert texts["class_prompts"][10] == "a photo of diningtable" and texts["class_prompts"][14] == "a photo of person"
     assert texts["background_prompts"][4] == "a photo of building"
-    trained = metrics("train_clims")
+    trained = json.loads((root / "metrics/train_clims.json").read_text())
     assert trained["epoch"] == 1 and all(math.isfinite(trained[term]) for term in ("otm", "btm", "cbs", "reg", "loss"))
+    assert json.loads((root / "metrics/segmentation.json").read_text())["images"] == 2
 
 
 def _trial_runs(client, sweep: str):

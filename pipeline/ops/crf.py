@@ -91,12 +91,17 @@ class WindowKernel:
         return message
 
 
+def _pixel_positions(height: int, width: int, device) -> torch.Tensor:
+    """(H * W, 2): each pixel's (x, y), row by row, as pydensecrf's features."""
+    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+    return torch.stack([xs, ys], -1).reshape(-1, 2).float()
+
+
 @functools.lru_cache(maxsize=4)
 def _position_lattice(height: int, width: int, sxy: float, compat: float, device: str) -> PermutohedralLattice:
     """The Gaussian kernel's normalised lattice over the pixel grid: the same for every image of
     a size, so built once."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
-    lattice = PermutohedralLattice(torch.stack([xs, ys], -1).reshape(-1, 2).float() / sxy)
+    lattice = PermutohedralLattice(_pixel_positions(height, width, device) / sxy)
     lattice.normalise(compat)
     return lattice
 
@@ -107,8 +112,7 @@ class LatticeKernel:
     def __init__(self, image: torch.Tensor, cfg: CrfSection):
         n, _, height, width = image.shape
         self.gaussian = _position_lattice(height, width, cfg.gaussian_sxy, cfg.gaussian_compat, str(image.device))
-        ys, xs = torch.meshgrid(torch.arange(height, device=image.device), torch.arange(width, device=image.device), indexing="ij")
-        position = torch.stack([xs, ys], -1).reshape(-1, 2).float() / cfg.bilateral_sxy
+        position = _pixel_positions(height, width, image.device) / cfg.bilateral_sxy
         # colours as pydensecrf reads them: 8-bit RGB
         colours = image.round().clamp(0, 255).permute(0, 2, 3, 1).reshape(n, -1, 3) / cfg.bilateral_srgb
         self.bilateral = LatticeStack([PermutohedralLattice(torch.cat([position, c], 1)) for c in colours])

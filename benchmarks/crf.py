@@ -27,9 +27,10 @@ import yaml
 from common import REPO, write_results
 from pipeline.data.prepare import world_spec
 from pipeline.data.synthetic import render_scene, scene_rng
-from pipeline.irn.ir_label import ir_labels, threshold_labels
+from pipeline.irn.ir_label import ir_labels
 from pipeline.metrics import IGNORE
 from pipeline.ops.crf import mean_field, pairwise_kernel, unary_from_labels
+from pipeline.ops.maps import threshold_labels
 from pipeline.params import CrfSection, SyntheticDataset
 
 try:

@@ -21,13 +21,8 @@ from pipeline.errors import UserError
 from pipeline.io import SOURCE_FILE, atomic_path, file_digest, label_png_path, read_label, resume_folder, save_label_png
 from pipeline.metrics import IGNORE, confusion, miou
 from pipeline.ops.crf import crf_labels, pairwise_kernel
+from pipeline.ops.maps import threshold_labels
 from pipeline.params import CrfSection, MakeIrLabel
-
-
-def threshold_labels(cams: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N, H, W) labels in 0..K (0 = background, k = the k-th CAM) from CAMs (N, K, H, W) padded
-    with `threshold` as the background score."""
-    return torch.cat([torch.full_like(cams[:, :1], threshold), cams], 1).max(1).indices  # max(): CPU argmax over dim 1 is ~10x slower
 
 
 def ir_labels(images: torch.Tensor, cams: torch.Tensor, fg_threshold: float, bg_threshold: float, crf: CrfSection) -> torch.Tensor:

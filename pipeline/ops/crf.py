@@ -121,10 +121,11 @@ class LatticeKernel:
     def message(self, q: torch.Tensor) -> torch.Tensor:
         """sum_j k_ij Q_j (N, L, H, W) for marginals Q (N, L, H, W)."""
         n, labels, height, width = q.shape
-        values = q.permute(0, 2, 3, 1).reshape(n, height * width, labels)  # each pixel's labels side by side
-        message = self.bilateral.filter(values.reshape(-1, labels)).reshape(values.shape)
-        for image, image_values in zip(message, values):
-            image.add_(self.gaussian.filter(image_values))
+        by_image = q.permute(0, 2, 3, 1).reshape(n, height * width, labels)  # each pixel's labels side by side
+        # the images share the Gaussian's lattice: one filter of their labels side by side per pixel
+        by_pixel = by_image.transpose(0, 1).reshape(height * width, n * labels)
+        gaussian = self.gaussian.filter(by_pixel).reshape(height * width, n, labels).transpose(0, 1)
+        message = self.bilateral.filter(by_image.reshape(-1, labels)).reshape(by_image.shape).add_(gaussian)
         return message.reshape(n, height, width, labels).permute(0, 3, 1, 2)
 
 

@@ -224,6 +224,17 @@ class Distributed(Section):
     use_gpu: bool
     max_failures: NonNegativeInt  # worker failures a training run recovers from (from its last checkpoint)
     storage: str  # Ray Train's storage (checkpoints); relative paths are made absolute from the repo
+    # bf16: autocast + channels_last for training and inference (pipeline.precision); fp32 as written
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # local: a training stage runs in its own process without Ray (one worker; checkpoints and
+    # resumption in `storage` as Ray's): GPU measurements, machines without Ray, quick checks
+    launcher: Literal["ray", "local"] = "ray"
+
+    @model_validator(mode="after")
+    def _one_local_worker(self):
+        if self.launcher == "local" and self.num_workers != 1:
+            raise ValueError(f"launcher local trains in one process: num_workers must be 1, not {self.num_workers}")
+        return self
 
 
 class Training(Section):

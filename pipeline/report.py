@@ -19,10 +19,12 @@ def write_curve(path: Path, rows: list[dict]) -> None:
 
 
 def log_history(run, stage: str, history: list[dict], extra: dict | None = None) -> None:
-    """Per-epoch losses to plots/<stage>.csv and MLflow; the last epoch to metrics/<stage>.json."""
-    write_curve(layout.PLOTS_DIR / f"{stage}.csv", history)
+    """Per-epoch losses to plots/<stage>.csv and MLflow; the last epoch to metrics/<stage>.json.
+    An epoch's wall time goes to MLflow only: the versioned files hold what a rerun repeats."""
     for row in history:
         run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    write_curve(layout.PLOTS_DIR / f"{stage}.csv", history)
     write_metrics(run, stage, {**history[-1], **(extra or {})})
     run.log_metrics(extra or {})
 

@@ -1,11 +1,13 @@
-"""The training loop every trained stage shares (CAM nets, IRN, segmentation), and its Ray Train
-wrapper.
+"""The training loop every trained stage shares (CAM nets, IRN, segmentation), on Ray Train or
+in the stage's own process.
 
-`train_epoch` is a plain function (tests and GPU benchmarks call it without Ray). `ray_worker`
-runs it on Ray Train workers: DDP, a per-epoch report with a checkpoint from rank 0, and the
-resumption from the last checkpoint after a lost worker. A stage supplies a `setup` function
-that builds its net, step, optimiser and dataset on the worker from a `TrainJob`: the validated
-params and the paths the run reads, one typed object that travels to the workers as it is.
+`train_epoch` is a plain function (tests and GPU benchmarks call it directly). `ray_worker`
+runs the epochs on Ray Train workers: DDP, a per-epoch report with a checkpoint from rank 0, and
+the resumption from the last checkpoint after a lost worker. With `distributed.launcher: local`
+the same epochs run in the calling process, checkpointed into `distributed.storage` under the
+run's name and resumed from there. A stage supplies a `setup` function that builds its net,
+step, optimiser and dataset from a `TrainJob`: the validated params and the paths the run reads,
+one typed object that travels to the workers as it is.
 """
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.codedeps import code_digest
 from pipeline.data.manifest import data_fingerprint, read_manifest, records_with_labels
 from pipeline.errors import UserError
-from pipeline.io import NET_WEIGHTS, files_fingerprint, label_png_path
+from pipeline.io import NET_WEIGHTS, atomic_path, files_fingerprint, label_png_path
 from pipeline.nets.backbone import with_checked_weights
 from pipeline.params import Params
+from pipeline.precision import autocast, prepared_images, prepared_net, required_device
 
 STATE_FILE = "state.pt"
 StepFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict]
@@ -43,31 +46,35 @@ def make_scheduler(optimizer, kind: str, total_steps: int) -> torch.optim.lr_sch
 
 @dataclass
 class EpochLog:
-    sums: dict[str, float] = field(default_factory=dict)
+    """Sample-weighted sums of every term a step reports, kept where the step computed them:
+    reading a GPU value on the host waits for the GPU, so they are read once, at the epoch's end."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
     count: int = 0
 
     def add(self, terms: dict[str, torch.Tensor], n: int) -> None:
         for key, value in terms.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value) * n
+            self.sums[key] = self.sums.get(key, 0.0) + value.detach().float() * n
         self.count += n
 
     def means(self) -> dict[str, float]:
-        return {key: value / max(1, self.count) for key, value in self.sums.items()}
+        return {key: float(value) / max(1, self.count) for key, value in self.sums.items()}
 
 
-def train_epoch(net, step: StepFn, loader, optimizer, scheduler, device) -> dict[str, float]:
+def train_epoch(net, step: StepFn, loader, optimizer, scheduler, device, precision: str = "fp32") -> dict[str, float]:
     """One pass over `loader` of (inputs, targets); returns the sample-weighted mean of every term
-    the step reports."""
+    the step reports. `precision` bf16: the step's forward pass under autocast (pipeline.precision)."""
     net.train()
     log = EpochLog()
     for inputs, targets in loader:
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        terms = step(net, inputs, targets)
+        with autocast(device, precision):
+            terms = step(net, prepared_images(inputs, precision), targets)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
         scheduler.step()
-        log.add({k: v.detach() for k, v in terms.items()}, len(inputs))
+        log.add(terms, len(inputs))
     return log.means()
 
 
@@ -123,27 +130,79 @@ def _all_reduce_means(means: dict[str, float]) -> dict[str, float]:
 
 
 def ray_worker(config: dict, setup: SetupFn) -> None:
-    """Ray Train's per-worker loop; config["job"] is the run's TrainJob. A UserError (bad data)
-    leaves the worker without the traceback through the loop: its message names the file, and
-    pipeline.distributed ends the run on it instead of retrying."""
+    """The per-worker loop; config["job"] is the run's TrainJob. On Ray Train unless
+    config["local_dir"] names the folder of a run in this process (`distributed.launcher: local`).
+    A UserError (bad data) leaves the worker without the traceback through the loop: its message
+    names the file, and pipeline.distributed ends the run on it instead of retrying."""
     try:
-        _train_on_worker(config["job"], setup)
+        session = LocalSession(Path(config["local_dir"]), config["job"]) if "local_dir" in config else RaySession()
+        _train(config["job"], setup, session)
     except UserError as error:
         raise UserError(str(error)) from None
 
 
-def _train_on_worker(job: TrainJob, setup: SetupFn) -> None:
-    import ray.train
-    import ray.train.torch
+class RaySession:
+    """A Ray Train worker: its rank, device, the run's last checkpoint and the reports."""
 
-    cfg = job.cfg
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(job.params.distributed.cpus_per_worker)  # Ray gives a 1-CPU worker one thread
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def last_state(self) -> dict | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return None
+        with checkpoint.as_directory() as folder:
+            return torch.load(Path(folder) / STATE_FILE, map_location=self.device, weights_only=True)
+
+    def prepare_model(self, net):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(net)  # DDP when there is more than one worker
+
+    def report(self, metrics: dict, state: dict | None = None, folder: Path | None = None) -> None:
+        import ray.train
+
+        if state is None:
+            ray.train.report(metrics)
+            return
+        torch.save(state, folder / STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+class LocalSession:
+    """The one worker of a run in this process: its state file in `folder` is its checkpoint."""
+
+    rank, world = 0, 1
+
+    def __init__(self, folder: Path, job: TrainJob):
+        self.folder, self.device = folder, required_device(job.params.distributed.use_gpu)
+
+    def last_state(self) -> dict | None:
+        path = self.folder / STATE_FILE
+        return torch.load(path, map_location=self.device, weights_only=True) if path.is_file() else None
+
+    def prepare_model(self, net):
+        return net
+
+    def report(self, metrics: dict, state: dict | None = None, folder: Path | None = None) -> None:
+        with atomic_path(self.folder / STATE_FILE) as tmp:  # a kill mid-save leaves the last epoch's
+            torch.save(state, tmp)
+
+
+def _train(job: TrainJob, setup: SetupFn, session) -> None:
+    cfg, dist = job.cfg, job.params.distributed
+    rank, world, device = session.rank, session.world, session.device
+    torch.set_num_threads(dist.cpus_per_worker)  # Ray gives a 1-CPU worker one thread
     torch.manual_seed(cfg.seed)  # the same initial weights on every worker
     work = setup(job, device)
-    net, optimizer = work.net, work.optimizer
+    net, optimizer = prepared_net(work.net, dist.precision), work.optimizer
 
     sampler = torch.utils.data.DistributedSampler(work.dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = torch.utils.data.DataLoader(work.dataset, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
@@ -151,36 +210,35 @@ def _train_on_worker(job: TrainJob, setup: SetupFn) -> None:
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs * len(loader))
 
     start, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+    state = session.last_state()
+    if state:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, history = state["epoch"], state["history"]
-    model = ray.train.torch.prepare_model(net)  # DDP when there is more than one worker
+    model = session.prepare_model(net)
 
     for epoch in range(start, cfg.epochs):
         began = time.perf_counter()
         sampler.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch * 16 + rank)  # augmentation: the same after a resume
-        means = _all_reduce_means(train_epoch(model, work.step, loader, optimizer, scheduler, device))
-        metrics = {"epoch": epoch + 1, "start_epoch": start, "workers": world, **means}  # start_epoch > 0: resumed
+        means = _all_reduce_means(train_epoch(model, work.step, loader, optimizer, scheduler, device, dist.precision))
+        # start_epoch > 0: resumed; seconds: this worker's training time (before the held-out scoring)
+        metrics = {"epoch": epoch + 1, "start_epoch": start, "workers": world, **means,
+                   "steps": len(loader), "seconds": round(time.perf_counter() - began, 3)}
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 if work.evaluate is not None:
                     metrics.update(work.evaluate(net, Path(folder)))
                 history.append(metrics)
-                terms = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "start_epoch", "workers"))
+                terms = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "start_epoch", "workers", "steps", "seconds"))
                 print(f"epoch {epoch + 1}/{cfg.epochs}: {terms} ({time.perf_counter() - began:.1f} s)", flush=True)
                 state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "epoch": epoch + 1, "history": history}
-                torch.save(state, Path(folder) / STATE_FILE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+                session.report(metrics, state, Path(folder))
         else:
             history.append(metrics)
-            ray.train.report(metrics)
+            session.report(metrics)
 
 
 def run_name(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path]) -> str:
@@ -201,11 +259,17 @@ def run_name(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path]
 
 
 def fit_final_state(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path], name: str | None = None) -> dict:
-    """Run `train_fn` on Ray Train (under `name`, else `run_name`) and return the last
-    checkpoint's state (model, history, ...)."""
-    from pipeline.distributed import fit
+    """Run `train_fn` (under `name`, else `run_name`) on Ray Train or, with `distributed.launcher:
+    local`, in this process; return the last checkpoint's state (model, history, ...)."""
+    from pipeline.distributed import fit, storage_path
 
-    result = fit(train_fn, job, job.params.distributed, name or run_name(train_fn, job, inputs))
+    dist = job.params.distributed
+    name = name or run_name(train_fn, job, inputs)
+    if dist.launcher == "local":
+        folder = Path(storage_path(dist.storage)) / name
+        train_fn({"job": job, "local_dir": str(folder)})
+        return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    result = fit(train_fn, job, dist, name)
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as folder:

@@ -6,6 +6,7 @@ from pipeline import layout, tracking
 from pipeline.data.manifest import read_manifest
 from pipeline.io import atomic_path
 from pipeline.nets.deeplab import load_seg_net
+from pipeline.precision import prepared_net, stage_device
 from pipeline.report import write_curve, write_metrics
 from pipeline.scoring import context_ids, side_by_side, summarise, threshold_totals, with_ground_truth
 from pipeline.seg.evaluate import confusion_image, predict_labels
@@ -15,9 +16,10 @@ from pipeline.stage import run_stage
 def main(params):
     cfg = params.eval_seg
     with tracking.stage_run("eval_seg", params, sections=("eval_seg", "crf")) as run:
-        net, _ = load_seg_net(layout.SEG_NET_DIR)
+        dist = params.distributed
+        net = prepared_net(load_seg_net(layout.SEG_NET_DIR, stage_device(dist.use_gpu))[0], dist.precision)
         records = with_ground_truth(read_manifest(layout.manifest_path(layout.VAL)))
-        predictions = predict_labels(net, records, cfg.scales, cfg.batch_size, params.crf if cfg.crf else None)
+        predictions = predict_labels(net, records, cfg.scales, cfg.batch_size, params.crf if cfg.crf else None, dist.precision)
         names = params.dataset.class_names
         totals = threshold_totals(records, lambda r: predictions[r.image_id][None], 1, len(names), context_ids(params.dataset))
         metrics, _ = summarise(totals, np.zeros(1), names)

@@ -25,18 +25,20 @@ from pipeline.io import NET_WEIGHTS, file_digest, resume_folder
 from pipeline.nets.cam_net import CamNet, load_cam_net
 from pipeline.ops.maps import upsample
 from pipeline.params import MakeCam
+from pipeline.precision import forward, prepared_net, stage_device
 
 
 @torch.no_grad()
-def multiscale_maps(net: CamNet, images: torch.Tensor, scales: list[float]) -> dict[str, torch.Tensor]:
-    """All-class maps for a batch of same-size images (N, 3, H, W) in [0, 1]."""
+def multiscale_maps(net: CamNet, images: torch.Tensor, scales: list[float], precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """All-class maps for a batch of same-size images (N, 3, H, W) in [0, 1]; the net's passes in
+    `precision` (pipeline.precision), the maps in float32."""
     height, width = images.shape[-2:]
     small = stride_size(height, width)
     cam = high_res = mask = 0
     for scale in scales:
         size = (round(height * scale), round(width * scale))
         x = images if scale == 1 else upsample(images, size)
-        logits = net(torch.cat([x, x.flip(-1)]))
+        logits = forward(net, torch.cat([x, x.flip(-1)]), precision)
         direct, mirrored = logits[: len(images)], logits[len(images) :].flip(-1)
         stride = max(1, round(size[0] / logits.shape[-2]))
         full = (-(-height // stride) * stride, -(-width // stride) * stride)  # a multiple of the stride
@@ -64,33 +66,34 @@ def select_classes(maps: dict[str, torch.Tensor], class_ids: tuple[int, ...]) ->
     }
 
 
-def image_cams(net: CamNet, records: list[ImageRecord], scales: list[float], batch_size: int) -> Iterator[list[tuple]]:
+def image_cams(net: CamNet, records: list[ImageRecord], scales: list[float], batch_size: int,
+               precision: str = "fp32") -> Iterator[list[tuple]]:
     """Per batch of same-shape images: (record, its CAM file's arrays) for each image of it."""
     device = next(net.parameters()).device
     for batch in same_shape_batches(records, batch_size):
         images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
-        maps = {k: v.float().cpu() for k, v in multiscale_maps(net, images, scales).items()}
+        maps = {k: v.float().cpu() for k, v in multiscale_maps(net, images, scales, precision).items()}
         yield [(r, select_classes({k: v[i] for k, v in maps.items()}, r.class_ids)) for i, r in enumerate(batch)]
 
 
 # --------------------------------------------------------------------------- the make_cam stage
 def cam_shard(records: list[ImageRecord], net_dir: str, out: str, scales: list[float], batch_size: int,
-              use_gpu: bool = False) -> int:
+              use_gpu: bool = False, precision: str = "fp32") -> int:
     """Write the CAM file of every record not done yet; returns how many were written."""
-    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    net, _ = load_cam_net(net_dir, device)
+    device = stage_device(use_gpu)
+    net = prepared_net(load_cam_net(net_dir, device)[0], precision)
     todo = [r for r in records if not readable_cam(cam_path(out, r.image_id))]  # a damaged file is made again
-    for batch in image_cams(net, todo, scales, batch_size):
+    for batch in image_cams(net, todo, scales, batch_size, precision):
         for record, arrays in batch:
             save_cam(cam_path(out, record.image_id), arrays)
     return len(todo)
 
 
-def cam_stamp(records: list[ImageRecord], net_dir: Path, cfg: MakeCam) -> dict:
-    """What the CAM files are made from: the images, the net, the scales, this code."""
+def cam_stamp(records: list[ImageRecord], net_dir: Path, cfg: MakeCam, precision: str = "fp32") -> dict:
+    """What the CAM files are made from: the images, the net, the scales and precision, this code."""
     return {"inputs": {"data": data_fingerprint(records), "net": file_digest(Path(net_dir) / NET_WEIGHTS),
                        "code": code_digest(__name__)},
-            "params": {"scales": list(cfg.scales)}}
+            "params": {"scales": list(cfg.scales), "precision": precision}}
 
 
 def make_cams(records: list[ImageRecord], net_dir: Path, out: Path, cfg: MakeCam, dist) -> int:
@@ -98,7 +101,7 @@ def make_cams(records: list[ImageRecord], net_dir: Path, out: Path, cfg: MakeCam
     from pipeline.distributed import map_shards
 
     load_cam_net(net_dir)  # a missing or broken net stops here, before the output folder exists
-    resume_folder(out, cam_stamp(records, net_dir, cfg))
+    resume_folder(out, cam_stamp(records, net_dir, cfg, dist.precision))
     written = map_shards(cam_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(out.resolve()),
-                         list(cfg.scales), cfg.batch_size, dist.use_gpu, cpus=dist.cpus_per_worker)
+                         list(cfg.scales), cfg.batch_size, dist.use_gpu, dist.precision, cpus=dist.cpus_per_worker)
     return sum(written)

@@ -127,9 +127,12 @@ class ClimsLoss(nn.Module):
         n, k = labels.nonzero(as_tuple=True)
         views = self.views(images, masks, n, k)
         features = self.clip.encode_images(views) if self.clip_input == "pixels" else self.clip.encode_prepared(views)
-        fg, bg = features[: len(n)], features[len(n) :]
-        texts = self.class_embeddings[k]
-        return k, (fg * texts).sum(-1), (bg * texts).sum(-1), fg @ self.background_embeddings.T
+        with torch.autocast(features.device.type, enabled=False):  # cosines in float32, whatever CLIP ran in
+            if features.dtype != torch.float32:  # bf16 autocast: unit length again, in float32
+                features = F.normalize(features.float(), dim=-1)
+            fg, bg = features[: len(n)], features[len(n) :]
+            texts = self.class_embeddings[k]
+            return k, (fg * texts).sum(-1), (bg * texts).sum(-1), fg @ self.background_embeddings.T
 
     def scores(self, cosines: torch.Tensor) -> torch.Tensor:
         return cosines if self.score is None else torch.sigmoid(self.score[0] * cosines + self.score[1])

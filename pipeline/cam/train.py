@@ -22,12 +22,12 @@ def make_optimizer(net: CamNet, cfg) -> torch.optim.SGD:
 
 def baseline_step(net: CamNet, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Multilabel soft-margin loss on the GAP of the per-pixel logits."""
-    return {"loss": F.multilabel_soft_margin_loss(image_logits(net(images)), labels)}
+    return {"loss": F.multilabel_soft_margin_loss(image_logits(net(images).float()), labels)}
 
 
 def clims_step(net: CamNet, loss_fn: ClimsLoss, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """The four CLIMS losses on P = sigmoid(per-pixel logits)."""
-    masks = torch.sigmoid(net(images))
+    masks = torch.sigmoid(net(images).float())  # float32 under bf16 autocast too: the losses' inputs
     terms = loss_fn(images, masks, labels)
     terms["mask_mean"] = masks.detach().mean()
     return terms

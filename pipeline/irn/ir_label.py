@@ -23,6 +23,7 @@ from pipeline.metrics import IGNORE, confusion, miou
 from pipeline.ops.crf import crf_labels, pairwise_kernel
 from pipeline.ops.maps import threshold_labels
 from pipeline.params import CrfSection, MakeIrLabel
+from pipeline.precision import stage_device
 
 
 def ir_labels(images: torch.Tensor, cams: torch.Tensor, fg_threshold: float, bg_threshold: float, crf: CrfSection) -> torch.Tensor:
@@ -37,7 +38,7 @@ def ir_label_shard(records: list[ImageRecord], cam_folder: str, out: str, fg_thr
                    crf: CrfSection, batch_size: int, use_gpu: bool = False) -> int:
     """Write the IR label of every record not done yet (images of one size and class count are
     refined together); returns how many were written."""
-    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    device = stage_device(use_gpu)
     torch.set_flush_denormal(True)  # the CRF's tiny kernel values as denormals slow a CPU down ~5x
     todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
     for batch in same_shape_batches(todo, batch_size):

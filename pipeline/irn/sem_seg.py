@@ -20,15 +20,17 @@ from pipeline.nets.boundary import BoundaryNet, boundary_map, load_boundary_net
 from pipeline.ops.crf import crf_labels, pairwise_kernel
 from pipeline.ops.maps import threshold_labels
 from pipeline.params import CrfSection, MakeSemSeg
+from pipeline.precision import prepared_net, stage_device
 
 
 @torch.no_grad()
 def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg: MakeSemSeg,
-                crf: CrfSection | None = None) -> torch.Tensor:
+                crf: CrfSection | None = None, precision: str = "fp32") -> torch.Tensor:
     """Label indices (N, H, W) in 0..K (0 = background) for images (N, 3, H, W) in [0, 1] and
     their stride-4 CAMs (N, K, h, w); `cfg`: walk, radius, beta, exp_times, damp_boundary, bg_threshold.
-    With `crf`, the walked labels are refined by the dense CRF on the image."""
-    boundary = boundary_map(net, images)
+    With `crf`, the walked labels are refined by the dense CRF on the image. `precision`: the
+    boundary net's pass (pipeline.precision); the walk runs in float32."""
+    boundary = boundary_map(net, images, precision)
     start = cams * (1 - boundary[:, None]) if cfg.damp_boundary else cams
     walked = propagate(start, boundary, cfg.radius, cfg.beta, cfg.exp_times, cfg.paths) if cfg.walk else start
     height, width = images.shape[-2:]
@@ -41,36 +43,39 @@ def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg:
 
 
 def sem_seg_shard(records: list[ImageRecord], net_dir: str, cam_folder: str, out: str, cfg: MakeSemSeg, crf: CrfSection,
-                  use_gpu: bool = False) -> int:
+                  use_gpu: bool = False, precision: str = "fp32") -> int:
     """Write the pseudo label of every record not done yet (images of one size and class count
     walk together); returns how many were written."""
-    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    device = stage_device(use_gpu)
     torch.set_flush_denormal(True)  # see ir_label_shard
-    net, _ = load_boundary_net(net_dir, device)
+    net = prepared_net(load_boundary_net(net_dir, device)[0], precision)
     todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
     for batch in same_shape_batches(todo, cfg.batch_size):
         cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
-        for record, cam, label in zip(batch, cams, _labels(net, batch, cams, cfg, crf if cfg.crf else None, device)):
+        for record, cam, label in zip(batch, cams, _labels(net, batch, cams, cfg, crf if cfg.crf else None, device, precision)):
             with atomic_path(label_png_path(out, record.image_id)) as tmp:
                 save_label_png(tmp, np.asarray([0, *cam["class_ids"]], np.uint8)[label])
     return len(todo)
 
 
-def _labels(net, batch: list[ImageRecord], cams: list[dict], walk: MakeSemSeg, crf: CrfSection | None, device) -> np.ndarray:
+def _labels(net, batch: list[ImageRecord], cams: list[dict], walk: MakeSemSeg, crf: CrfSection | None, device,
+            precision: str) -> np.ndarray:
     images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
     if not batch[0].class_ids:  # nothing to walk: all background
         return np.zeros((len(batch), *images.shape[-2:]), np.int64)
     maps = torch.stack([torch.from_numpy(c["cam"].astype(np.float32)) for c in cams]).to(device)
-    return walk_labels(net, images, maps, walk, crf).cpu().numpy()
+    return walk_labels(net, images, maps, walk, crf, precision).cpu().numpy()
 
 
-def sem_seg_stamp(records: list[ImageRecord], net_dir: Path, cam_folder: Path, cfg: MakeSemSeg, crf: CrfSection) -> dict:
+def sem_seg_stamp(records: list[ImageRecord], net_dir: Path, cam_folder: Path, cfg: MakeSemSeg, crf: CrfSection,
+                  precision: str = "fp32") -> dict:
     """What the pseudo labels are made from: the images, the boundary net, the CAMs (their
-    folder's own stamp), the walk's settings and the CRF's when it refines them, this code."""
+    folder's own stamp), the walk's settings and the CRF's when it refines them, the net's
+    precision, this code."""
     return {"inputs": {"data": data_fingerprint(records), "irn": file_digest(Path(net_dir) / NET_WEIGHTS),
                        "cams": file_digest(Path(cam_folder) / SOURCE_FILE), "code": code_digest(__name__)},
             "params": {"make_sem_seg": cfg.model_dump(exclude={"num_workers", "batch_size"}),
-                       "crf": crf.model_dump() if cfg.crf else None}}
+                       "crf": crf.model_dump() if cfg.crf else None, "precision": precision}}
 
 
 def make_sem_seg(records: list[ImageRecord], net_dir: Path, cam_folder: Path, out: Path, cfg, crf, dist) -> int:
@@ -81,8 +86,7 @@ def make_sem_seg(records: list[ImageRecord], net_dir: Path, cam_folder: Path, ou
     missing = [r.image_id for r in records if not cam_path(cam_folder, r.image_id).is_file()]
     if missing:
         raise UserError(f"{cam_path(cam_folder, missing[0])}: CAM file missing ({len(missing)} of {len(records)}; run make_cam first)")
-    resume_folder(out, sem_seg_stamp(records, net_dir, cam_folder, cfg, crf))
+    resume_folder(out, sem_seg_stamp(records, net_dir, cam_folder, cfg, crf, dist.precision))
     written = map_shards(sem_seg_shard, records, cfg.num_workers, dist.use_gpu, str(net_dir.resolve()), str(cam_folder.resolve()),
-                         str(out.resolve()), cfg, crf, dist.use_gpu,
-                         cpus=dist.cpus_per_worker)
+                         str(out.resolve()), cfg, crf, dist.use_gpu, dist.precision, cpus=dist.cpus_per_worker)
     return sum(written)

@@ -40,7 +40,7 @@ def boundary_step(net: BoundaryNet, images: torch.Tensor, grid_labels: torch.Ten
                   paths: PathRule = "touching") -> dict:
     """IRN's affinity loss on a = 1 - max boundary along each pair's path; with the reference's
     paths, only from sources whose whole neighbourhood lies in the crop, as IRN trains."""
-    boundary = torch.sigmoid(net(images)[:, 0])
+    boundary = torch.sigmoid(net(images)[:, 0].float())
     margin = max(abs(d) for offset in offsets for d in offset) if paths == "reference" else 0
     terms = affinity_loss(path_affinities(boundary, offsets, paths), pair_labels(grid_labels, offsets, margin))
     terms["boundary_mean"] = boundary.detach().mean()

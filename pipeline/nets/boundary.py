@@ -19,6 +19,7 @@ from pipeline.data.cam_files import CAM_STRIDE, stride_size
 from pipeline.io import read_net_folder, save_net_folder
 from pipeline.nets.backbone import Backbone, ImageNetNormalise, build_backbone
 from pipeline.params import BackboneSection
+from pipeline.precision import forward
 
 
 def backbone_stages(backbone: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
@@ -78,10 +79,10 @@ class BoundaryNet(nn.Module):
 
 
 @torch.no_grad()
-def boundary_map(net: BoundaryNet, images01: torch.Tensor) -> torch.Tensor:
+def boundary_map(net: BoundaryNet, images01: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """Boundary probabilities (N, h, w) from the image and its mirror (logits averaged), as IRN
-    does for the random walk."""
-    logits = net(torch.cat([images01, images01.flip(-1)]))[:, 0]
+    does for the random walk; the net's pass in `precision`, the map in float32."""
+    logits = forward(net, torch.cat([images01, images01.flip(-1)]), precision)[:, 0]
     direct, mirrored = logits[: len(images01)], logits[len(images01) :].flip(-1)
     return torch.sigmoid((direct + mirrored) / 2)
 

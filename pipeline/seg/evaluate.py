@@ -12,28 +12,30 @@ from pipeline.data.manifest import ImageRecord, same_shape_batches
 from pipeline.ops.crf import mean_field, pairwise_kernel
 from pipeline.ops.maps import upsample
 from pipeline.params import CrfSection
+from pipeline.precision import forward
 
 
 @torch.no_grad()
-def multiscale_probabilities(net, images: torch.Tensor, scales: list[float]) -> torch.Tensor:
-    """Softmax class probabilities (N, L, H, W), averaged over scales and mirrors."""
+def multiscale_probabilities(net, images: torch.Tensor, scales: list[float], precision: str = "fp32") -> torch.Tensor:
+    """Softmax class probabilities (N, L, H, W), averaged over scales and mirrors; the net's passes
+    in `precision` (pipeline.precision)."""
     height, width = images.shape[-2:]
     total = 0
     for scale in scales:
         x = images if scale == 1 else upsample(images, (round(height * scale), round(width * scale)))
-        logits = net(torch.cat([x, x.flip(-1)]))["out"]
+        logits = forward(net, torch.cat([x, x.flip(-1)]), precision)["out"]
         direct, mirrored = logits[: len(images)], logits[len(images) :].flip(-1)
         total = total + F.softmax(upsample(direct, (height, width)), 1) + F.softmax(upsample(mirrored, (height, width)), 1)
     return total / (2 * len(scales))
 
 
 def predict_labels(net, records: list[ImageRecord], scales: list[float], batch_size: int,
-                   crf: CrfSection | None = None, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
-    """image_id -> predicted label map (H, W) of class ids."""
-    predictions = {}
+                   crf: CrfSection | None = None, precision: str = "fp32") -> dict[str, np.ndarray]:
+    """image_id -> predicted label map (H, W) of class ids, on the net's device."""
+    device, predictions = next(net.parameters()).device, {}
     for batch in same_shape_batches(records, batch_size):
         images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
-        prob = multiscale_probabilities(net, images, scales)
+        prob = multiscale_probabilities(net, images, scales, precision)
         if crf is not None:
             prob = mean_field(-prob.clamp_min(1e-8).log(), pairwise_kernel(images * 255, crf), crf)
         for record, label in zip(batch, prob.max(1).indices.cpu().numpy().astype(np.uint8)):

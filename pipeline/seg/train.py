@@ -27,7 +27,7 @@ def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 
 
 def seg_step(net, images: torch.Tensor, labels: torch.Tensor, balanced: bool) -> dict[str, torch.Tensor]:
-    logits = net(images)["out"]
+    logits = net(images)["out"].float()
     loss = balanced_cross_entropy(logits, labels) if balanced else F.cross_entropy(logits, labels, ignore_index=IGNORE)
     return {"loss": loss}
 

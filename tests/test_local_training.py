@@ -1,0 +1,76 @@
+"""`distributed.launcher: local`: a training stage's epochs in its own process, without Ray: the
+same net as a one-worker Ray Train run, its state file as the checkpoint a killed run resumes from."""
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, tiny_cam, tiny_world
+from pipeline import train_loop
+from pipeline.cam.ray_train import train
+from pipeline.data.prepare import render_splits
+from pipeline.errors import UserError
+from pipeline.nets.cam_net import load_cam_net
+from pipeline.params import validate
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    raw = tiny_cam(tiny_world(yaml.safe_load((REPO / "params.yaml").read_text()), num_train=16))
+    root = tmp_path_factory.mktemp("local_world")
+    raw["distributed"].update(num_workers=1, storage=str(root / "runs"), launcher="local")
+    raw["train_cam"].update(epochs=3, batch_size=8)
+    params = validate(raw)
+    render_splits(params.dataset, root / "data", root / "data")
+    return params, root
+
+
+def weights(folder):
+    return load_cam_net(folder)[0].state_dict()
+
+
+def same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_local_run_trains_the_same_net_as_a_one_worker_ray_run(world, ray_session):
+    params, root = world
+    history = train(params, "baseline", root / "data" / "train.parquet", root / "local", name="local")
+    assert [row["epoch"] for row in history] == [1, 2, 3] and all(row["steps"] == 2 for row in history)
+    assert (root / "runs" / "local" / train_loop.STATE_FILE).is_file()
+    on_ray = params.model_copy(update={"distributed": params.distributed.model_copy(update={"launcher": "ray"})})
+    train(on_ray, "baseline", root / "data" / "train.parquet", root / "ray", name="ray")
+    assert same_weights(weights(root / "local"), weights(root / "ray"))
+
+
+def test_a_killed_local_run_resumes_from_its_state_file(world, monkeypatch):
+    params, root = world
+    train(params, "baseline", root / "data" / "train.parquet", root / "whole", name="whole")
+    report = train_loop.LocalSession.report
+
+    def report_then_die(self, metrics, state=None, folder=None):
+        report(self, metrics, state, folder)
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt  # the process killed right after epoch 1's state was saved
+
+    monkeypatch.setattr(train_loop.LocalSession, "report", report_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, "baseline", root / "data" / "train.parquet", root / "killed", name="killed")
+    assert not (root / "killed").exists()
+    monkeypatch.setattr(train_loop.LocalSession, "report", report)
+    history = train(params, "baseline", root / "data" / "train.parquet", root / "killed", name="killed")
+    assert [row["start_epoch"] for row in history] == [0, 1, 1]  # epochs 2 and 3 after resuming from epoch 1
+    assert same_weights(weights(root / "killed"), weights(root / "whole"))
+
+
+def test_local_training_is_one_worker(base_params):
+    base_params["distributed"].update(launcher="local", num_workers=2)
+    with pytest.raises(UserError, match="distributed.*num_workers must be 1"):
+        validate(base_params)
+
+
+def test_the_epoch_log_keeps_its_sums_on_the_device_until_read():
+    log = train_loop.EpochLog()
+    for value, n in ((0.5, 4), (0.25, 2)):
+        log.add({"loss": torch.tensor(value)}, n)
+    assert isinstance(log.sums["loss"], torch.Tensor)
+    assert log.means() == {"loss": pytest.approx((0.5 * 4 + 0.25 * 2) / 6)}

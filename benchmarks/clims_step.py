@@ -5,12 +5,18 @@ original: three CLIP image passes per step (the foreground stack, the background
           and background prompts;
 batched:  pipeline.cam.losses.ClimsLoss, one CLIP pass over foreground and background views
           together, text embeddings computed once by prepare_clip.
-Both are checked to give equal losses and equal gradients before timing.
+Both are checked to give equal losses and equal gradients (in float32) before timing; the
+original then runs in float32 as its code does, the batched step in --precision (bf16:
+pipeline.precision's autocast and channels_last).
 
-    python benchmarks/clims_step.py [--batch 16] [--steps 20] [--device cpu|cuda]
+    python benchmarks/clims_step.py [--arch tiny|real] [--batch 16] [--steps 20] [--device cpu|cuda]
+                                    [--precision fp32|bf16] [--clip ViT-B-16-quickgelu]
 
-Uses the CLIP in artifacts/clip and the images in data/ when they exist (else a freshly
-initialised tiny CLIP and random images: the timing does not depend on the weights).
+tiny: the default's nets, with the CLIP in artifacts/clip and the images in data/ when they
+exist (else a freshly initialised tiny CLIP and random images: the timing does not depend on
+the weights). real: the voc12 group's ResNet-50 (strides 2, 2, 2, 1) at 512-pixel crops and an
+open_clip CLIP (ViT-B/16 by default), randomly initialised, VOC's 20 classes with 1.5 per
+image on average (27 pairs in a batch of 16, as VOC's statistics give), random images.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from common import REPO, write_results
 from pipeline.cam.losses import ClimsLoss, btm_loss, cbs_loss_thresholded, otm_loss, reg_loss
 from pipeline.nets.cam_net import build_cam_net
 from pipeline.params import load_params
+from pipeline.precision import autocast, prepared_images, prepared_net
 
 
 
@@ -38,6 +45,27 @@ def load_supervisor(params, device):
     clip.model.to(device)
     template = params.dataset.prompt_template
     return clip, [template.format(c) for c in params.dataset.class_names], [template.format(b) for b in params.dataset.background_prompt_names]
+
+
+def real_setup(params, args, device):
+    """The voc12 group's params, a random CLIP of `args.clip` and a batch of random 512-pixel crops."""
+    import open_clip
+
+    from pipeline.clip import model as clip_model
+    from pipeline.config import compose
+    from pipeline.params import validate
+
+    voc = validate(compose(["dataset=voc12"], REPO / "conf"))
+    clip = clip_model.wrap(clip_model.freeze(open_clip.create_model(args.clip, pretrained=None)), args.clip)
+    clip.model.to(device)
+    template = voc.dataset.prompt_template
+    prompts = ([template.format(c) for c in voc.dataset.prompt_names], [template.format(b) for b in voc.dataset.background_prompt_names])
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.zeros(args.batch, len(voc.dataset.class_names))
+    for i in range(args.batch):  # 1 or 2 classes per image, 27 pairs in 16 images
+        labels[i, torch.randperm(labels.shape[1], generator=generator)[: 1 + (i % 16 < 11)]] = 1
+    images = torch.rand(args.batch, 3, voc.train_clims.crop_size, voc.train_clims.crop_size, generator=generator)
+    return voc, (clip, *prompts), images, labels
 
 
 def load_batch(params, batch: int):
@@ -94,24 +122,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tau", type=float, default=0.3)
+    parser.add_argument("--arch", choices=["tiny", "real"], default="tiny")
+    parser.add_argument("--clip", default="ViT-B-16-quickgelu", help="--arch real: the open_clip architecture")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the batched step's")
     args = parser.parse_args()
     device = torch.device(args.device)
     params = load_params(REPO / "params.yaml")
     torch.manual_seed(0)
 
-    clip, class_prompts, background_prompts = load_supervisor(params, device)
+    if args.arch == "real":
+        params, (clip, class_prompts, background_prompts), images, labels = real_setup(params, args, device)
+    else:
+        clip, class_prompts, background_prompts = load_supervisor(params, device)
+        images, labels = load_batch(params, args.batch)
+    images, labels = images.to(device), labels.to(device)
     weights = params.clims_loss.weights
     with torch.no_grad():
         class_embeddings, background_embeddings = clip.encode_texts(class_prompts), clip.encode_texts(background_prompts)
     batched = ClimsLoss(clip, class_embeddings, background_embeddings, weights, "improved", args.tau).to(device)
     net = build_cam_net(params.backbone.model_copy(update={"weights": None}), len(params.dataset.class_names), bias=True).to(device)
-    images, labels = (t.to(device) for t in load_batch(params, args.batch))
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-6)
 
-    def losses(kind):
-        masks = torch.sigmoid(net(images))
+    def losses(kind, precision="fp32"):
         if kind == "batched":
-            return batched(images, masks, labels)
+            with autocast(device, precision):
+                masks = torch.sigmoid(net(prepared_images(images, precision)).float())
+                return batched(images, masks, labels)
+        masks = torch.sigmoid(net(images))
         return original_losses(clip, class_prompts, background_prompts, weights, args.tau, images, masks, labels)
 
     # Same inputs, same losses, same gradients.
@@ -126,21 +163,27 @@ def main() -> None:
     gradient_difference = float((grads["original"][1] - grads["batched"][1]).abs().max())
     assert max(difference.values()) < 1e-4 and gradient_difference < 1e-4, (difference, gradient_difference)
 
-    def step(kind):
+    def step(kind, precision="fp32"):
         def run():
             optimizer.zero_grad(set_to_none=True)
-            losses(kind)["loss"].backward()
+            losses(kind, precision)["loss"].backward()
             optimizer.step()
         return run
 
-    seconds = {kind: timed(step(kind), args.steps, device) for kind in ("original", "batched")}
+    seconds = {"original": timed(step("original"), args.steps, device)}
+    prepared_net(net, args.precision)
+    seconds["batched"] = timed(step("batched", args.precision), args.steps, device)
     report = {
-        "device": str(device), "batch": args.batch, "pairs": int(labels.sum()),
+        "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "arch": args.arch, **({"clip": args.clip, "crop": images.shape[-1]} if args.arch == "real" else {}),
+        "precision": {"original": "fp32", "batched": args.precision}, "batch": args.batch, "pairs": int(labels.sum()),
         "original_ms": 1000 * seconds["original"], "batched_ms": 1000 * seconds["batched"],
         "speedup": seconds["original"] / seconds["batched"],
+        "images_per_second": {kind: args.batch / s for kind, s in seconds.items()},
         "max_loss_difference": max(difference.values()), "max_gradient_difference": gradient_difference,
     }
-    write_results(f"clims_step_{device.type}", report)
+    suffix = "" if args.arch == "tiny" else f"_real_{args.precision}"
+    write_results(f"clims_step_{device.type}{suffix}", report)
 
 
 if __name__ == "__main__":

@@ -281,6 +281,9 @@ class TrainClims(Optimisation):
     """The CLIMS net, initialised from the baseline's weights."""
 
     init_bias: Optional[float]  # a head bias starting here, so that P starts small; null: no bias (the reference)
+    # the frozen CLIP's activations recomputed in the backward pass instead of kept: its memory
+    # for about a third more CLIP compute (benchmarks/real_scale.py measures both)
+    clip_checkpointing: bool = False
 
 
 class LossWeights(Section):

@@ -8,8 +8,8 @@ from pipeline.io import atomic_path
 from pipeline.nets.deeplab import load_seg_net
 from pipeline.precision import prepared_net, stage_device
 from pipeline.report import write_curve, write_metrics
-from pipeline.scoring import context_ids, side_by_side, summarise, threshold_totals, with_ground_truth
-from pipeline.seg.evaluate import confusion_image, predict_labels
+from pipeline.scoring import context_ids, side_by_side, summarise, with_ground_truth
+from pipeline.seg.evaluate import confusion_image, predict_labels, score_predictions
 from pipeline.stage import run_stage
 
 
@@ -21,13 +21,13 @@ def main(params):
         records = with_ground_truth(read_manifest(layout.manifest_path(layout.VAL)))
         predictions = predict_labels(net, records, cfg.scales, cfg.batch_size, params.crf if cfg.crf else None, dist.precision)
         names = params.dataset.class_names
-        totals = threshold_totals(records, lambda r: predictions[r.image_id][None], 1, len(names), context_ids(params.dataset))
+        totals, shown = score_predictions(predictions, len(names), context_ids(params.dataset), cfg.overlays)
         metrics, _ = summarise(totals, np.zeros(1), names)
         metrics.pop("best_threshold")
         labels = ["background", *names]
         matrix = confusion_image(totals.confusion[0], labels)
-        for record in records[: cfg.overlays]:  # first: a failure here leaves no metrics behind
-            run.log_image(side_by_side(record, predictions[record.image_id]), f"overlays/{record.image_id}.png")
+        for record, label in shown:  # first: a failure here leaves no metrics behind
+            run.log_image(side_by_side(record, label), f"overlays/{record.image_id}.png")
         run.log_image(matrix, "confusion.png")
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         write_curve(layout.PLOTS_DIR / "segmentation_confusion.csv",

@@ -184,6 +184,23 @@ def test_gradients_reach_the_masks_through_the_frozen_clip(tiny_clip, clip_input
     assert all(p.grad is None for p in tiny_clip.model.parameters())
 
 
+def test_clip_checkpointing_gives_the_same_losses_and_mask_gradients(tiny_clip):
+    loss_fn = _loss(tiny_clip, "improved")
+    images, labels = torch.rand(2, 3, 64, 64), torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
+    masks = torch.rand(2, 4, 16, 16)
+    results = []
+    for checkpointing in (False, True):
+        tiny_clip.model.set_grad_checkpointing(checkpointing)
+        leaf = masks.clone().requires_grad_()
+        terms = loss_fn(images, leaf, labels)
+        terms["loss"].backward()
+        results.append((terms["loss"].detach(), leaf.grad))
+    tiny_clip.model.set_grad_checkpointing(False)
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert results[0][1].abs().sum() > 0
+
+
 def test_clip_sigmoid_scores_keep_a_gradient_where_the_cosine_clamp_has_none(tiny_clip):
     classes = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
     plain = ClimsLoss(tiny_clip, classes, classes, LossWeights(otm=1.0, btm=0.0, cbs=0.0, reg=0.0), "improved", tau=0.0)

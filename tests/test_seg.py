@@ -57,3 +57,25 @@ def test_multiscale_probabilities_average_scales_and_mirrors():
     twice = multiscale_probabilities(net, images, [1.0, 1.0])
     assert torch.allclose(twice, single, atol=1e-6)  # a repeated scale changes nothing
     assert multiscale_probabilities(net, images, [1.0, 0.5]).shape == (2, 3, 32, 32)
+
+
+def test_a_split_is_scored_from_a_stream_of_predictions(tmp_path):
+    """eval_seg's totals from predictions one image at a time: the confusion by hand, and only the
+    first `keep` label maps are held (for overlays)."""
+    import numpy as np
+
+    from pipeline.data.manifest import ImageRecord
+    from pipeline.io import save_label_png
+    from pipeline.seg.evaluate import score_predictions
+
+    truth = np.array([[0, 1], [1, 2]], np.uint8)
+    records = []
+    for i in range(3):
+        save_label_png(tmp_path / f"{i}.png", truth)
+        records.append(ImageRecord(f"img{i}", tmp_path / f"{i}.png", tmp_path / f"{i}.png", (1, 2), 2, 2))
+    predicted = np.array([[0, 1], [2, 2]], np.uint8)  # one class-1 pixel taken for class 2
+    stream = ((record, predicted) for record in records)
+    totals, shown = score_predictions(stream, 2, None, keep=2)
+    expected = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 1]]) * 3
+    np.testing.assert_array_equal(totals.confusion[0], expected)
+    assert [record.image_id for record, _ in shown] == ["img0", "img1"]

@@ -14,19 +14,21 @@ from pipeline.scoring import ScoreTotals, context_ids, predict, summarise, thres
 
 
 def score_net(net, records: list[ImageRecord], dataset, scales: list[float], ts: np.ndarray,
-              batch_size: int = 32) -> tuple[ScoreTotals, dict[str, np.ndarray]]:
+              batch_size: int = 32, keep: int = 0) -> tuple[ScoreTotals, dict[str, np.ndarray]]:
     """A net's CAMs scored without files (a sweep trial's held images): the threshold sweep's
-    totals, and each image's CAM maps ('high_res', 'class_ids') for overlays."""
+    totals, and the CAM maps ('high_res', 'class_ids') of the first `keep` scored images, for
+    overlays (the others' are dropped after their batch: memory stays one batch's)."""
     was_training = net.training
     net.eval()  # batch norm must not learn from the scored images
     num_classes, contexts = len(dataset.class_names), context_ids(dataset)
     totals, cams = None, {}
     for batch in image_cams(net, with_ground_truth(records), scales, batch_size):
-        cams.update((record.image_id, arrays) for record, arrays in batch)
+        maps = dict((record.image_id, arrays) for record, arrays in batch)
         part = threshold_totals([record for record, _ in batch],
-                                lambda r: predict(cams[r.image_id]["high_res"].astype(np.float32), cams[r.image_id]["class_ids"], ts),
+                                lambda r: predict(maps[r.image_id]["high_res"].astype(np.float32), maps[r.image_id]["class_ids"], ts),
                                 len(ts), num_classes, contexts)
         totals = part if totals is None else totals + part
+        cams.update(list(maps.items())[: max(0, keep - len(cams))])
     net.train(was_training)
     return totals, cams
 
@@ -36,10 +38,10 @@ def held_out_scorer(records: list[ImageRecord], dataset, scales: list[float], ts
     context leak on `records`, and overlays of the first `overlays` of them as PNGs in
     <folder>/overlays/."""
     def evaluate(net, folder) -> dict:
-        totals, cams = score_net(net, records, dataset, scales, ts)
+        totals, cams = score_net(net, records, dataset, scales, ts, keep=overlays)
         figures, _ = summarise(totals, ts, dataset.class_names, "cam_")
         figures.pop("cam_per_class_iou")
-        shown = [r for r in records if r.image_id in cams][:overlays]
+        shown = [r for r in records if r.image_id in cams]
         if shown:
             (Path(folder) / "overlays").mkdir(parents=True, exist_ok=True)
         for record in shown:

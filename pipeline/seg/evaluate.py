@@ -2,6 +2,8 @@
 by the dense CRF, arg-maxed over every class (no image labels at test time)."""
 from __future__ import annotations
 
+from typing import Iterable, Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from pipeline.ops.crf import mean_field, pairwise_kernel
 from pipeline.ops.maps import upsample
 from pipeline.params import CrfSection
 from pipeline.precision import forward
+from pipeline.scoring import ScoreTotals, threshold_totals
 
 
 @torch.no_grad()
@@ -30,17 +33,28 @@ def multiscale_probabilities(net, images: torch.Tensor, scales: list[float], pre
 
 
 def predict_labels(net, records: list[ImageRecord], scales: list[float], batch_size: int,
-                   crf: CrfSection | None = None, precision: str = "fp32") -> dict[str, np.ndarray]:
-    """image_id -> predicted label map (H, W) of class ids, on the net's device."""
-    device, predictions = next(net.parameters()).device, {}
+                   crf: CrfSection | None = None, precision: str = "fp32") -> Iterator[tuple[ImageRecord, np.ndarray]]:
+    """(record, its predicted label map (H, W) of class ids) for each record, batch by batch, on
+    the net's device: a split is scored without holding its predictions."""
+    device = next(net.parameters()).device
     for batch in same_shape_batches(records, batch_size):
         images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
         prob = multiscale_probabilities(net, images, scales, precision)
         if crf is not None:
             prob = mean_field(-prob.clamp_min(1e-8).log(), pairwise_kernel(images * 255, crf), crf)
-        for record, label in zip(batch, prob.max(1).indices.cpu().numpy().astype(np.uint8)):
-            predictions[record.image_id] = label
-    return predictions
+        yield from zip(batch, prob.max(1).indices.cpu().numpy().astype(np.uint8))
+
+
+def score_predictions(predictions: Iterable[tuple[ImageRecord, np.ndarray]], num_classes: int, contexts,
+                      keep: int) -> tuple[ScoreTotals, list[tuple[ImageRecord, np.ndarray]]]:
+    """The confusion totals of a stream of (record, predicted label map), and its first `keep`
+    pairs (for overlays): memory stays one batch's whatever the split's size."""
+    totals, shown = threshold_totals([], None, 1, num_classes, contexts), []
+    for record, label in predictions:
+        totals = totals + threshold_totals([record], lambda r: label[None], 1, num_classes, contexts)
+        if len(shown) < keep:
+            shown.append((record, label))
+    return totals, shown
 
 
 def confusion_image(conf: np.ndarray, names: list[str], cell: int = 36) -> np.ndarray:

@@ -1,0 +1,239 @@
+"""What every stage costs at VOC size with the real architectures: seconds per image (per step for
+training), peak memory, and the wall time that extrapolates to PASCAL VOC and COCO.
+
+    python benchmarks/real_scale.py [--device cpu|cuda] [--precision fp32|bf16] [--images 44]
+                                    [--clip ViT-B-32-quickgelu] [--workdir DIR] [--out NAME]
+
+Makes the stand-ins (benchmarks/stand_ins.py: a random ResNet-50 and CLIP, the synthetic world
+rendered at VOC's image sizes in a VOCdevkit tree), composes the voc12 group on them (512-pixel
+crops, 4 CAM scales + flip, IRN radius 10 / 5, 2^8 walk steps, DeepLab at 321 with multi-scale +
+flip + CRF at test time; its batch sizes) and runs every stage's own function, one stage per
+child process, in that process (`distributed.launcher: local`, no Ray; per-image stages with
+num_workers 0). Training runs two epochs; its cost per step is the second epoch's (the first
+warms up). The peak memory of a stage is the largest sum of the proportional set sizes of its
+process and its children (DataLoader workers), sampled every 0.1 s, and on CUDA torch's peak
+allocation. Results: benchmarks/results/<out>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import REPO, apply_overrides, write_results  # noqa: E402
+from stand_ins import overrides, write_voc_tree, write_weights  # noqa: E402
+
+TRAINED = ("train_cam", "train_clims", "train_irn", "train_seg")
+# every stage and what it writes in the work folder (removed first: a rerun measures afresh)
+STAGES = {"prepare_data": "data", "prepare_clip": "artifacts/clip", "train_cam": "artifacts/net_baseline",
+          "train_clims": "artifacts/net_clims", "make_cam": "artifacts/cams_clims", "make_ir_label": "artifacts/ir_labels",
+          "train_irn": "artifacts/net_irn", "make_sem_seg": "artifacts/pseudo_labels", "train_seg": "artifacts/net_seg",
+          "eval_seg": None}
+# Split sizes the extrapolation uses (the reference's): training images, images scored, val images
+DATASETS = {"voc12": {"train": 10582, "train_eval": 1464, "val": 1449}, "coco14": {"train": 82783, "train_eval": 82783, "val": 40504}}
+# how many times a per-image stage runs over which split in the pipeline (make_cam: both CAM nets)
+PER_IMAGE = {"make_cam": ("train", 2), "make_ir_label": ("train", 1), "make_sem_seg": ("train", 1), "eval_seg": ("val", 1)}
+
+
+# --------------------------------------------------------------------------- one stage, in a child
+def run_stage(stage: str, work: Path) -> dict:
+    """Run `stage` on the stand-ins in `work` (params.json there); returns its timing."""
+    import torch
+
+    from pipeline.params import validate
+
+    params = validate(json.loads((work / "params.json").read_text()))
+    dist = params.distributed
+    data, art = work / "data", work / "artifacts"
+    manifest = data / "train.parquet"
+    began = time.perf_counter()
+    figures: dict = {}
+    if stage == "prepare_data":
+        from pipeline.data.prepare import prepare_splits
+
+        data.mkdir(parents=True, exist_ok=True)
+        prepare_splits(params.dataset, data, data)
+    elif stage == "prepare_clip":
+        from pipeline.clip.prepare import prepare_clip
+
+        prepare_clip(params, art / "clip")
+    elif stage in ("train_cam", "train_clims"):
+        from pipeline.cam.ray_train import train
+
+        kind = "baseline" if stage == "train_cam" else "clims"
+        extra = {"init_net": art / "net_baseline", "clip_dir": art / "clip", "tau": float(params.clims_loss.tau)} if kind == "clims" else {}
+        figures = per_step(train(params, kind, manifest, art / f"net_{kind}", **extra))
+    elif stage == "make_cam":
+        from pipeline.cam.infer import make_cams
+        from pipeline.data.manifest import read_manifest
+
+        figures = per_image(make_cams(read_manifest(manifest), art / "net_clims", art / "cams_clims", params.make_cam, dist), began)
+    elif stage == "make_ir_label":
+        from pipeline.data.manifest import read_manifest
+        from pipeline.irn.ir_label import make_ir_labels
+
+        figures = per_image(make_ir_labels(read_manifest(manifest), art / "cams_clims", art / "ir_labels", params.make_ir_label,
+                                           params.crf, dist), began)
+    elif stage == "train_irn":
+        from pipeline.irn.train import train_irn
+
+        figures = per_step(train_irn(params, manifest, art / "ir_labels", art / "net_irn"))
+    elif stage == "make_sem_seg":
+        from pipeline.data.manifest import read_manifest
+        from pipeline.irn.sem_seg import make_sem_seg
+
+        figures = per_image(make_sem_seg(read_manifest(manifest), art / "net_irn", art / "cams_clims", art / "pseudo_labels",
+                                         params.make_sem_seg, params.crf, dist), began)
+    elif stage == "train_seg":
+        from pipeline.seg.train import train_seg
+
+        figures = per_step(train_seg(params, manifest, art / "pseudo_labels", art / "net_seg"))
+    elif stage == "eval_seg":
+        from pipeline.data.manifest import read_manifest
+        from pipeline.nets.deeplab import load_seg_net
+        from pipeline.precision import prepared_net, stage_device
+        from pipeline.seg.evaluate import predict_labels
+
+        net = prepared_net(load_seg_net(art / "net_seg", stage_device(dist.use_gpu))[0], dist.precision)
+        records = read_manifest(data / "val.parquet")
+        cfg = params.eval_seg
+        predict_labels(net, records, cfg.scales, cfg.batch_size, params.crf if cfg.crf else None, dist.precision)
+        figures = per_image(len(records), began)
+    if torch.cuda.is_available() and dist.use_gpu:
+        torch.cuda.synchronize()
+        figures["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return {"seconds": time.perf_counter() - began, **figures}
+
+
+def per_step(history: list[dict]) -> dict:
+    """Seconds per step of the last epoch (the earlier ones warm up)."""
+    last = history[-1]
+    return {"seconds_per_step": last["seconds"] / last["steps"], "steps": last["steps"]}
+
+
+def per_image(images: int, began: float) -> dict:
+    return {"seconds_per_image": (time.perf_counter() - began) / max(1, images), "images": images}
+
+
+# --------------------------------------------------------------------------- the parent
+def peak_memory(process: subprocess.Popen, every: float = 0.1) -> list[float]:
+    """Sample the memory of `process` and its children until it ends; [peak GiB]. Each process
+    counts its proportional set size (its own pages, plus its share of pages shared with the
+    others: DataLoader workers share the parent's), so the sum is the memory the stage holds."""
+    peak = [0.0]
+
+    def pss(p: psutil.Process) -> int:
+        try:
+            return p.memory_full_info().pss
+        except psutil.Error:  # a DataLoader worker that has just ended
+            return 0
+
+    def sample():
+        root = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                peak[0] = max(peak[0], sum(pss(p) for p in [root, *root.children(recursive=True)]) / 2**30)
+            except psutil.Error:
+                pass
+            time.sleep(every)
+
+    threading.Thread(target=sample, daemon=True).start()
+    return peak
+
+
+def composed(args, files, root) -> dict:
+    from pipeline.config import compose
+
+    gpu = args.device == "cuda"
+    settings = [*overrides(files, root, args.clip),
+                "distributed.launcher=local", "distributed.num_workers=1", f"distributed.use_gpu={str(gpu).lower()}",
+                f"distributed.precision={args.precision}", f"distributed.cpus_per_worker={os.cpu_count() if not gpu else 4}",
+                f"distributed.storage={args.workdir / 'runs'}",
+                *(f"{section}.epochs=2" for section in TRAINED),
+                *(f"{stage}.num_workers=0" for stage in ("make_cam", "make_ir_label", "make_sem_seg"))]
+    return compose(settings, REPO / "conf")
+
+
+def extrapolate(stages: dict, raw: dict) -> dict:
+    """Hours each stage would take on VOC and COCO at the measured rates (one device)."""
+    from pipeline.config import compose
+
+    wall = {}
+    for name, sizes in DATASETS.items():
+        group = raw if name == "voc12" else compose(["dataset=coco14"], REPO / "conf")
+        hours = {}
+        for stage, figures in stages.items():
+            if "seconds_per_step" in figures:
+                cfg = group[stage]
+                hours[stage] = cfg["epochs"] * (sizes["train"] // cfg["batch_size"]) * figures["seconds_per_step"] / 3600
+            elif stage in PER_IMAGE:
+                split, times = PER_IMAGE[stage]
+                hours[stage] = times * sizes[split] * figures["seconds_per_image"] / 3600
+        wall[name] = {"hours": hours, "total_hours": sum(hours.values())}
+    return wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on cuda, fp32 on cpu")
+    parser.add_argument("--images", type=int, default=44, help="the tree's images (3/4 train_aug: IRN's batch of 32 must fit)")
+    parser.add_argument("--clip", default="ViT-B-32-quickgelu", choices=["ViT-B-32-quickgelu", "ViT-B-16-quickgelu"])
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value): a quick check")
+    parser.add_argument("--out", help="results name (default real_scale_<device>)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(run_stage(args.child, args.workdir)), flush=True)
+        return
+    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    args.workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="clims-real-scale-"))).resolve()
+    files = write_weights(args.workdir / "stand_ins", [args.clip])
+    root = write_voc_tree(args.workdir / "stand_ins", args.images)
+    raw = apply_overrides(composed(args, files, root), args.overrides)
+    (args.workdir / "params.json").write_text(json.dumps(raw))
+
+    stages = {}
+    for stage in args.stages:
+        for folder in ("runs", STAGES[stage]):  # a training run would resume, a per-image stage skip done images
+            if folder:
+                shutil.rmtree(args.workdir / folder, ignore_errors=True)
+        began = time.perf_counter()
+        child = subprocess.Popen([sys.executable, __file__, "--child", stage, "--workdir", str(args.workdir)],
+                                 stdout=subprocess.PIPE, text=True, cwd=args.workdir)
+        peak = peak_memory(child)
+        out, _ = child.communicate()
+        if child.returncode != 0:
+            raise SystemExit(f"{stage} failed (exit {child.returncode})")
+        result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        stages[stage] = {**result, "wall_seconds": time.perf_counter() - began, "peak_memory_gib": peak[0]}
+        print(f"{stage:14s} " + " ".join(f"{k} {v:.3g}" for k, v in stages[stage].items()), flush=True)
+
+    import torch
+
+    report = {
+        "device": args.device, "precision": args.precision, "torch": torch.__version__, "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "overrides": args.overrides, "clip": args.clip, "backbone": "resnet50 strides (2, 2, 2, 1)", "images": args.images,
+        "batch_sizes": {s: raw[s]["batch_size"] for s in TRAINED},
+        "stages": stages, "extrapolated": extrapolate(stages, raw),
+        "peak_memory_gib_max": max(s["peak_memory_gib"] for s in stages.values()),
+    }
+    write_results(args.out or f"real_scale_{args.device}", report)
+
+
+if __name__ == "__main__":
+    main()

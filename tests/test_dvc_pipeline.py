@@ -316,6 +316,8 @@ def test_plumbing_check_on_a_miniature_voc_tree(project, tmp_path):
           "-S", "check=plumbing"], root, env)
     params = yaml.safe_load((root / "params.yaml").read_text())
     assert (params["dataset"]["name"], params["clip"]["source"], params["clip"]["train"]["steps"]) == ("voc12", "tiny", 0)
+    assert (params["distributed"]["launcher"], params["distributed"]["precision"]) == ("local", "bf16")  # no Ray; bf16 on CPU
+    assert (root / "ray_results").is_dir() and any((root / "ray_results").glob("train_seg-*/state.pt"))
     metrics = lambda name: json.loads((root / "metrics" / f"{name}.json").read_text())  # noqa: E731
     assert {k: metrics("data")[f"{k}_images"] for k in ("train", "train_eval", "val")} == {"train": 12, "train_eval": 4, "val": 2}
     assert {r.image_id: list(r.class_ids) for r in read_manifest(root / "data/train.parquet")} == \
@@ -349,6 +351,29 @@ def test_camera_ready_plumbing_on_a_miniature_voc_tree(project, tmp_path):
     trained = json.loads((root / "metrics/train_clims.json").read_text())
     assert trained["epoch"] == 1 and all(math.isfinite(trained[term]) for term in ("otm", "btm", "cbs", "reg", "loss"))
     assert json.loads((root / "metrics/segmentation.json").read_text())["images"] == 2
+
+
+@pytest.mark.slow
+def test_real_architectures_on_a_voc_sized_tree(project, tmp_path):
+    """The voc12 group's nets (ResNet-50, ViT-B/32; random weights from benchmarks/stand_ins.py)
+    through every stage on 44 synthetic images of VOC's sizes, at the group's crops and batch
+    sizes, one epoch each, one CAM scale (`-m slow`: about ten minutes on 2 CPU cores)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from stand_ins import overrides, write_voc_tree, write_weights
+
+    root, env = project
+    settings = overrides(write_weights(tmp_path, ["ViT-B-32-quickgelu"]), write_voc_tree(tmp_path, 44))
+    settings += ["distributed.use_gpu=false", "distributed.launcher=local", "distributed.precision=fp32",
+                 "distributed.cpus_per_worker=2", "make_cam.num_workers=0", "make_cam.scales=[1.0]",
+                 "eval_seg.scales=[1.0]", *(f"{s}.epochs=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg")),
+                 *(f"{s}.loader_workers=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg"))]
+    _run(["dvc", "exp", "run", "-n", "voc-real-size", *(a for setting in settings for a in ("-S", setting))], root, env)
+    metrics = lambda name: json.loads((root / "metrics" / f"{name}.json").read_text())  # noqa: E731
+    assert {k: metrics("data")[f"{k}_images"] for k in ("train", "train_eval", "val")} == {"train": 33, "train_eval": 11, "val": 11}
+    assert metrics("train_cam")["steps"] == 2 and metrics("train_irn")["steps"] == 1  # 33 images, batches of 16 and 32
+    assert metrics("pseudo_labels")["images"] == 11 and metrics("segmentation")["images"] == 11
+    label = np.asarray(Image.open(next((root / "artifacts/pseudo_labels").glob("*.png"))))
+    assert label.shape in ((333, 500), (375, 500), (400, 500), (500, 500), (500, 333), (500, 375), (500, 400))
 
 
 def _trial_runs(client, sweep: str):

@@ -229,6 +229,10 @@ class Distributed(Section):
     # local: a training stage runs in its own process without Ray (one worker; checkpoints and
     # resumption in `storage` as Ray's): GPU measurements, machines without Ray, quick checks
     launcher: Literal["ray", "local"] = "ray"
+    # training keeps only the backbone's block outputs and the frozen CLIP's layer inputs and
+    # recomputes the rest in the backward pass: the same gradients, much less memory, about a
+    # third more forward compute (benchmarks/real_scale.py measures both)
+    activation_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _one_local_worker(self):
@@ -281,9 +285,6 @@ class TrainClims(Optimisation):
     """The CLIMS net, initialised from the baseline's weights."""
 
     init_bias: Optional[float]  # a head bias starting here, so that P starts small; null: no bias (the reference)
-    # the frozen CLIP's activations recomputed in the backward pass instead of kept: its memory
-    # for about a third more CLIP compute (benchmarks/real_scale.py measures both)
-    clip_checkpointing: bool = False
 
 
 class LossWeights(Section):

@@ -26,7 +26,7 @@ from pipeline.codedeps import code_digest
 from pipeline.data.manifest import data_fingerprint, read_manifest, records_with_labels
 from pipeline.errors import UserError
 from pipeline.io import NET_WEIGHTS, atomic_path, files_fingerprint, label_png_path
-from pipeline.nets.backbone import with_checked_weights
+from pipeline.nets.backbone import Backbone, with_checked_weights
 from pipeline.params import Params
 from pipeline.precision import autocast, prepared_images, prepared_net, required_device
 
@@ -202,6 +202,9 @@ def _train(job: TrainJob, setup: SetupFn, session) -> None:
     torch.set_num_threads(dist.cpus_per_worker)  # Ray gives a 1-CPU worker one thread
     torch.manual_seed(cfg.seed)  # the same initial weights on every worker
     work = setup(job, device)
+    for module in work.net.modules():
+        if isinstance(module, Backbone):
+            module.checkpointing = dist.activation_checkpointing
     net, optimizer = prepared_net(work.net, dist.precision), work.optimizer
 
     sampler = torch.utils.data.DistributedSampler(work.dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)

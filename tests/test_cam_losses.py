@@ -184,6 +184,22 @@ def test_gradients_reach_the_masks_through_the_frozen_clip(tiny_clip, clip_input
     assert all(p.grad is None for p in tiny_clip.model.parameters())
 
 
+def test_two_ddp_workers_halves_average_to_one_workers_gradient(tiny_clip):
+    """DDP averages the workers' gradients: with the batch split in two (the same number of pairs
+    each), the mean of the halves' mask gradients is the whole batch's, L_CBS (a sum) included."""
+    images = torch.rand(4, 3, 64, 64)
+    labels = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0], [1, 1, 0, 0]])  # 3 pairs in each half
+    masks = torch.rand(4, 4, 16, 16, requires_grad=True)
+    whole = _loss(tiny_clip, "improved")
+    whole(images, masks, labels)["loss"].backward()
+    expected, masks.grad = masks.grad.clone(), None
+    halves = _loss(tiny_clip, "improved")
+    halves.workers = 2
+    for part in (slice(0, 2), slice(2, 4)):
+        (halves(images[part], masks[part], labels[part])["loss"] / 2).backward()  # DDP's average over 2
+    torch.testing.assert_close(masks.grad, expected)
+
+
 def test_clip_checkpointing_gives_the_same_losses_and_mask_gradients(tiny_clip):
     loss_fn = _loss(tiny_clip, "improved")
     images, labels = torch.rand(2, 3, 64, 64), torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])

@@ -45,3 +45,31 @@ def test_clims_head_starts_as_the_baseline_with_or_without_a_bias():
     shifted = clims_net_from(baseline, SMALL, -4.0).eval()
     assert shifted.classifier.bias.tolist() == [-4.0] * 3
     torch.testing.assert_close(shifted(images), expected - 4.0)
+
+
+@pytest.mark.parametrize("name", ["small_resnet", "resnet50"])
+def test_activation_checkpointing_gives_the_same_outputs_gradients_and_statistics(name):
+    """distributed.activation_checkpointing: block outputs kept, the rest recomputed in the
+    backward pass, each batch counted once in BatchNorm's running statistics."""
+    import copy
+
+    from pipeline.nets.backbone import build_backbone
+    from pipeline.nets.cam_net import CamNet
+    from pipeline.params import BackboneSection
+
+    cfg = SMALL if name == "small_resnet" else BackboneSection(name="resnet50", strides=[2, 2, 2, 1], widths=None, blocks=None, weights=None)
+    torch.manual_seed(0)
+    plain = CamNet(build_backbone(cfg), 3, bias=True).train()
+    recomputed = copy.deepcopy(plain)
+    recomputed.backbone.checkpointing = True
+    images = torch.rand(2, 3, 64, 64)
+    outputs = []
+    for net in (plain, recomputed):
+        out = net(images)
+        out.pow(2).mean().backward()
+        outputs.append(out.detach())
+    torch.testing.assert_close(outputs[0], outputs[1])
+    for (key, a), b in zip(plain.named_parameters(), recomputed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=key)
+    for (key, a), b in zip(plain.state_dict().items(), recomputed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=key)  # running means, variances and batch counts

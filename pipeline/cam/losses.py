@@ -85,11 +85,13 @@ class ClimsLoss(nn.Module):
     def __init__(self, clip, class_embeddings: torch.Tensor, background_embeddings: torch.Tensor,
                  weights: LossWeights, variant: str = "improved", tau: float = 0.26,
                  class_prompt_mask: torch.Tensor | None = None, score: tuple[float, float] | None = None,
-                 clip_input: str = "pixels", class_weights: torch.Tensor | None = None):
+                 clip_input: str = "pixels", class_weights: torch.Tensor | None = None, workers: int = 1):
         """`score` (scale, bias): score pairs by the CLIP's own sigmoid(scale * cosine + bias)
         instead of the cosine (see module doc); tau stays a cosine. `clip_input`: "pixels",
         "imagenet" or "clip" (module doc). `class_weights` (C,): each class's pair weight in
-        OTM and BTM."""
+        OTM and BTM. `workers`: the DDP workers sharing the batch. L_CBS is a sum over the
+        batch's pairs, not a mean: each worker sums its share, and DDP averages the workers'
+        gradients, so the term is multiplied by `workers` to weigh what it weighs on one."""
         super().__init__()
         if variant not in ("improved", "camera_ready"):
             raise ValueError(f"unknown CLIMS variant {variant!r}")
@@ -98,6 +100,7 @@ class ClimsLoss(nn.Module):
         if variant == "camera_ready" and class_prompt_mask is None:
             raise ValueError("the camera_ready variant needs each class's background prompts")
         self.clip, self.weights, self.variant, self.tau, self.score = clip, weights, variant, tau, score
+        self.workers = workers
         self.clip_input, self.imagenet = clip_input, ImageNetNormalise()
         self.register_buffer("class_embeddings", class_embeddings)
         self.register_buffer("background_embeddings", background_embeddings)
@@ -145,6 +148,7 @@ class ClimsLoss(nn.Module):
         else:
             cbs = cbs_loss_per_class(s_fg_backgrounds, self.class_prompt_mask[k])
         pair_weights = None if self.class_weights is None else self.class_weights[k]
-        terms = {"otm": otm_loss(s_fg, pair_weights), "btm": btm_loss(s_bg, pair_weights), "cbs": cbs, "reg": reg_loss(masks)}
+        terms = {"otm": otm_loss(s_fg, pair_weights), "btm": btm_loss(s_bg, pair_weights), "cbs": cbs * self.workers,
+                 "reg": reg_loss(masks)}
         terms["loss"] = sum(getattr(self.weights, name) * terms[name] for name in TERMS)
         return terms

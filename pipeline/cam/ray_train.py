@@ -32,8 +32,7 @@ def build_training(job: TrainJob, device):
 
     net = clims_net_from(load_cam_net(job.init_net)[0], params.backbone, params.train_clims.init_bias)
     clip, texts = load_clip(job.clip_dir, device)
-    if params.train_clims.clip_checkpointing:
-        clip.model.set_grad_checkpointing(True)
+    clip.model.set_grad_checkpointing(params.distributed.activation_checkpointing)
     loss_fn = clims_loss_from(params, clip, texts, job.tau if job.tau is not None else 0.0).to(device)
     return net.to(device), lambda model, images, labels: clims_step(model, loss_fn, images, labels)
 

@@ -35,12 +35,13 @@ def clims_step(net: CamNet, loss_fn: ClimsLoss, images: torch.Tensor, labels: to
 
 def clims_loss_from(params: Params, clip, texts: dict, tau: float) -> ClimsLoss:
     """The CLIMS loss of the `clims_loss` section, with the frozen CLIP and its cached text
-    embeddings (pipeline.clip.model.load_clip)."""
+    embeddings (pipeline.clip.model.load_clip), for this process's share of a DDP run's batch."""
     cfg = params.clims_loss
+    workers = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
     return ClimsLoss(clip, texts["class_embeddings"], texts["background_embeddings"], cfg.weights, cfg.variant, tau,
                      class_prompt_mask(params, texts["background_names"]),
                      score=clip_sigmoid(clip) if cfg.score == "clip_sigmoid" else None, clip_input=cfg.clip_input,
-                     class_weights=class_weights(params))
+                     class_weights=class_weights(params), workers=workers)
 
 
 def class_weights(params: Params) -> torch.Tensor | None:

@@ -31,7 +31,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import REPO, apply_overrides, write_results  # noqa: E402
+from common import REPO, RESULTS, apply_overrides, write_results  # noqa: E402
 from stand_ins import overrides, write_voc_tree, write_weights  # noqa: E402
 
 TRAINED = ("train_cam", "train_clims", "train_irn", "train_seg")
@@ -108,8 +108,9 @@ def run_stage(stage: str, work: Path) -> dict:
         net = prepared_net(load_seg_net(art / "net_seg", stage_device(dist.use_gpu))[0], dist.precision)
         records = read_manifest(data / "val.parquet")
         cfg = params.eval_seg
-        predict_labels(net, records, cfg.scales, cfg.batch_size, params.crf if cfg.crf else None, dist.precision)
-        figures = per_image(len(records), began)
+        predicted = sum(1 for _ in predict_labels(net, records, cfg.scales, cfg.batch_size, params.crf if cfg.crf else None,
+                                                  dist.precision))
+        figures = per_image(predicted, began)
     if torch.cuda.is_available() and dist.use_gpu:
         torch.cuda.synchronize()
         figures["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -206,7 +207,15 @@ def main() -> None:
     raw = apply_overrides(composed(args, files, root), args.overrides)
     (args.workdir / "params.json").write_text(json.dumps(raw))
 
+    # a rerun of some stages with the same settings keeps the other stages' figures
+    name = args.out or f"real_scale_{args.device}"
+    settings = {"device": args.device, "precision": args.precision, "overrides": args.overrides, "clip": args.clip, "images": args.images}
+    earlier = RESULTS / f"{name}.json"
     stages = {}
+    if earlier.is_file():
+        kept = json.loads(earlier.read_text())
+        if all(kept.get(k) == v for k, v in settings.items()):
+            stages = {s: figures for s, figures in kept["stages"].items() if s not in args.stages}
     for stage in args.stages:
         for folder in ("runs", STAGES[stage]):  # a training run would resume, a per-image stage skip done images
             if folder:
@@ -224,15 +233,15 @@ def main() -> None:
 
     import torch
 
+    stages = {s: stages[s] for s in STAGES if s in stages}
     report = {
-        "device": args.device, "precision": args.precision, "torch": torch.__version__, "cpus": os.cpu_count(),
+        **settings, "torch": torch.__version__, "cpus": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "overrides": args.overrides, "clip": args.clip, "backbone": "resnet50 strides (2, 2, 2, 1)", "images": args.images,
-        "batch_sizes": {s: raw[s]["batch_size"] for s in TRAINED},
+        "backbone": "resnet50 strides (2, 2, 2, 1)", "batch_sizes": {s: raw[s]["batch_size"] for s in TRAINED},
         "stages": stages, "extrapolated": extrapolate(stages, raw),
         "peak_memory_gib_max": max(s["peak_memory_gib"] for s in stages.values()),
     }
-    write_results(args.out or f"real_scale_{args.device}", report)
+    write_results(name, report)
 
 
 if __name__ == "__main__":

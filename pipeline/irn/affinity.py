@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from pipeline.metrics import IGNORE
 from pipeline.ops.maps import shift
@@ -50,9 +51,17 @@ def path_affinities(boundary: torch.Tensor, offsets: list[tuple[int, int]], rule
         if (dy, dx) == (0, 0):
             out.append(torch.ones_like(boundary))
             continue
-        highest = torch.stack([shift(boundary, py, px, fill=1.0) for py, px in path_points(dy, dx, rule)]).amax(0)
+        if boundary.requires_grad:  # training: the path's stack is rebuilt in the backward pass, not kept
+            highest = checkpoint(path_maximum, boundary, dy, dx, rule, use_reentrant=False)
+        else:
+            highest = path_maximum(boundary, dy, dx, rule)
         out.append(1 - highest)
     return torch.stack(out)
+
+
+def path_maximum(boundary: torch.Tensor, dy: int, dx: int, rule: PathRule) -> torch.Tensor:
+    """The highest boundary on each cell's path to the cell (dy, dx) away (1 off the grid)."""
+    return torch.stack([shift(boundary, py, px, fill=1.0) for py, px in path_points(dy, dx, rule)]).amax(0)
 
 
 def forward_offsets(radius: int) -> list[tuple[int, int]]:

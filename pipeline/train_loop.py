@@ -1,7 +1,7 @@
 """The training loop every trained stage shares (CAM nets, IRN, segmentation), on Ray Train or
 in the stage's own process.
 
-`train_epoch` is a plain function (tests and GPU benchmarks call it directly). `ray_worker`
+`train_epoch` is a plain function (tests and GPU benchmarks call it directly). `worker_loop`
 runs the epochs on Ray Train workers: DDP, a per-epoch report with a checkpoint from rank 0, and
 the resumption from the last checkpoint after a lost worker. With `distributed.launcher: local`
 the same epochs run in the calling process, checkpointed into `distributed.storage` under the
@@ -129,7 +129,7 @@ def _all_reduce_means(means: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / torch.distributed.get_world_size() for k, v in zip(keys, values)}
 
 
-def ray_worker(config: dict, setup: SetupFn) -> None:
+def worker_loop(config: dict, setup: SetupFn) -> None:
     """The per-worker loop; config["job"] is the run's TrainJob. On Ray Train unless
     config["local_dir"] names the folder of a run in this process (`distributed.launcher: local`).
     A UserError (bad data) leaves the worker without the traceback through the loop: its message

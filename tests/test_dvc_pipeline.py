@@ -35,7 +35,9 @@ SMALL = {
     },
     "backbone/small_resnet.yaml": {"widths": [8, 8, 16, 16]},
     "config.yaml": {
-        "distributed": {"cpus_per_worker": 1},  # two sweep trials at once on 2 CPUs
+        # two sweep trials at once on 2 CPUs; the stages train in their own processes (Ray Train's
+        # fits: tests/test_cam_ray.py, the sweep's trials below; Ray tasks: make_cam here)
+        "distributed": {"cpus_per_worker": 1, "launcher": "local"},
         "train_cam": {"epochs": 1, "batch_size": 4},
         "train_clims": {"epochs": 1, "batch_size": 4},
         "make_cam": {"scales": [1.0], "num_workers": 1},  # the Ray tasks' path; the other per-image
@@ -364,7 +366,7 @@ def test_real_architectures_on_a_voc_sized_tree(project, tmp_path):
     root, env = project
     settings = overrides(write_weights(tmp_path, ["ViT-B-32-quickgelu"]), write_voc_tree(tmp_path, 44))
     settings += ["distributed.use_gpu=false", "distributed.launcher=local", "distributed.precision=fp32",
-                 "distributed.cpus_per_worker=2", "make_cam.num_workers=0", "make_cam.scales=[1.0]",
+                 "distributed.activation_checkpointing=true", "distributed.cpus_per_worker=2",  # under 8 GiB "make_cam.num_workers=0", "make_cam.scales=[1.0]",
                  "eval_seg.scales=[1.0]", *(f"{s}.epochs=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg")),
                  *(f"{s}.loader_workers=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg"))]
     _run(["dvc", "exp", "run", "-n", "voc-real-size", *(a for setting in settings for a in ("-S", setting))], root, env)

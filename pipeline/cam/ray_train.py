@@ -17,7 +17,7 @@ from pipeline.nets.backbone import with_checked_weights
 from pipeline.nets.cam_net import CamNet, build_cam_net, load_cam_net, save_cam_net
 from pipeline.params import BackboneSection, Params
 from pipeline.scoring import thresholds
-from pipeline.train_loop import Setup, TrainJob, absolute, fit_final_state, ray_worker
+from pipeline.train_loop import Setup, TrainJob, absolute, fit_final_state, worker_loop
 
 SECTIONS = {"baseline": "train_cam", "clims": "train_clims"}
 
@@ -65,7 +65,7 @@ def cam_setup(job: TrainJob, device) -> Setup:
 
 
 def train_worker(config: dict) -> None:
-    ray_worker(config, cam_setup)
+    worker_loop(config, cam_setup)
 
 
 # --------------------------------------------------------------------------- the driver side

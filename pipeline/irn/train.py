@@ -19,7 +19,7 @@ from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, p
 from pipeline.nets.boundary import BoundaryNet, save_boundary_net
 from pipeline.nets.cam_net import backbone_from
 from pipeline.params import Params, PathRule
-from pipeline.train_loop import Setup, TrainJob, fit_on_label_maps, ray_worker
+from pipeline.train_loop import Setup, TrainJob, fit_on_label_maps, worker_loop
 
 
 class IrnTrainSet(LabelMapTrainSet):
@@ -57,7 +57,7 @@ def irn_setup(job: TrainJob, device) -> Setup:
 
 
 def irn_worker(config: dict) -> None:
-    ray_worker(config, irn_setup)
+    worker_loop(config, irn_setup)
 
 
 def train_irn(params: Params, manifest: Path, ir_labels: Path, out: Path, init_net: Path | None = None,

@@ -15,7 +15,7 @@ from pipeline.metrics import IGNORE
 from pipeline.nets.cam_net import backbone_from
 from pipeline.nets.deeplab import build_seg_net, parameter_groups, save_seg_net
 from pipeline.params import Params
-from pipeline.train_loop import Setup, TrainJob, fit_on_label_maps, ray_worker
+from pipeline.train_loop import Setup, TrainJob, fit_on_label_maps, worker_loop
 
 
 def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ def seg_setup(job: TrainJob, device) -> Setup:
 
 
 def seg_worker(config: dict) -> None:
-    ray_worker(config, seg_setup)
+    worker_loop(config, seg_setup)
 
 
 def train_seg(params: Params, manifest: Path, labels: Path, out: Path, init_net: Path | None = None,

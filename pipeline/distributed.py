@@ -6,11 +6,10 @@ import logging
 import os
 import socket
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.errors import UserError
-from pipeline.layout import repo_root
+from pipeline.storage import storage_path
 
 LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is 127.0.0.1
 
@@ -100,12 +99,6 @@ def raise_user_error_inside(error: BaseException) -> None:
             raise found from None
 
 
-def storage_path(configured: str) -> str:
-    """Ray Train needs an absolute storage path; relative ones are taken from the repository root."""
-    path = Path(configured)
-    return str(path if path.is_absolute() else (repo_root() / path).resolve())
-
-
 def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | None = None,
         callbacks: list | None = None):
     """Run `train_fn({"job": job})` on `dist.num_workers` Ray Train workers (DDP) and return the
@@ -144,18 +137,36 @@ def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | N
 
 def map_shards(work: Callable[..., Any], items: Sequence, num_workers: int, use_gpu: bool, *args, cpus: int = 1) -> list:
     """Split `items` into `num_workers` contiguous shards and run `work(shard, *args)` on each as
-    a Ray task; `num_workers` 0 runs the work here, in one piece."""
+    a Ray task, spread over the cluster's nodes; `num_workers` 0 runs the work here, in one piece."""
     if num_workers == 0 or len(items) == 0:
         return [work(list(items), *args)]
     init_ray()
     import ray
 
     shards = [list(items[i::num_workers]) for i in range(num_workers)]
-    task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0)(work)
+    # SPREAD: each shard on another node while there are nodes with room (one net load per node)
+    task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, scheduling_strategy="SPREAD")(_on_node)
     try:
-        return ray.get([task.remote(shard, *args) for shard in shards if shard])
+        done = ray.get([task.remote(work, os.getcwd(), shard, *args) for shard in shards if shard])
     except ray.exceptions.RayTaskError as error:
         found = user_error(error)
         if found is None:
             raise
         raise found from None
+    nodes = sorted({node for node, _ in done})
+    print(f"{work.__name__}: {len(done)} shards on {len(nodes)} node(s): {', '.join(nodes)}", flush=True)
+    return [result for _, result in done]
+
+
+def node_name() -> str:
+    """This Ray worker's node: its address and the start of its id."""
+    import ray
+
+    return f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
+
+
+def _on_node(work: Callable[..., Any], folder: str, shard: list, *args) -> tuple[str, Any]:
+    """A Ray task: a shard's work in the driver's folder (the manifests' relative paths hold
+    there; on a cluster the project is shared at the same path), and the node it ran on."""
+    os.chdir(folder)
+    return node_name(), work(shard, *args)

@@ -16,6 +16,7 @@ was interrupted resumes when started again with the same name.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pipeline.data.manifest import read_manifest
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from pipeline.params import Params, SearchDimension
+from pipeline.storage import fetch_folder, join, storage_path
 from pipeline.train_loop import TrainJob, absolute
 from pipeline.layout import repo_root
 
@@ -109,9 +111,9 @@ def run_trial(config: dict, job: TrainJob, storage: str) -> None:
 class MlflowTrials:
     """A Tune callback (see `tune_callback`) that keeps MLflow in step with the sweep."""
 
-    def __init__(self, params: Params):
+    def __init__(self, params: Params, storage: str):
         self.uri, self.experiment = tracking.tracking_uri(params.tracking.uri), params.tracking.experiment
-        self.sweep = params.sweep
+        self.sweep, self.storage = params.sweep, storage
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
         self.checkpoints: dict[str, str] = {}  # trial id -> its last checkpoint folder
         self._client = self.parent = None
@@ -163,9 +165,10 @@ class MlflowTrials:
 
     def finish(self, trial_id: str, config: dict, status: str) -> None:
         run_id = self.trial_run(trial_id, config)
-        overlays = Path(self.checkpoints.get(trial_id, "")) / "overlays"
-        if overlays.is_dir():  # the last epoch's, kept with its checkpoint
-            tracking.StageRun(self.client, run_id).log_artifact(overlays, "overlays")
+        if trial_id in self.checkpoints:  # the last epoch's overlays, kept with its checkpoint
+            with tempfile.TemporaryDirectory() as folder:
+                if fetch_folder(self.storage, f"{self.checkpoints[trial_id]}/overlays", Path(folder) / "overlays"):
+                    tracking.StageRun(self.client, run_id).log_artifact(Path(folder) / "overlays", "overlays")
         self.client.set_terminated(run_id, status)
 
     def end(self, best: dict | None) -> None:
@@ -242,11 +245,13 @@ def run_sweep(params: Params) -> dict:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard files per trial
     init_ray(dashboard=True)
     folder = sweep_dir(cfg.name)
+    # The trials' checkpoints go where every training run's go (on a cluster: shared storage)
+    storage = join(storage_path(params.distributed.storage), SWEEP_DIR, cfg.name)
     # The trial only drives its Train run: no CPU of its own (Tune refuses an all-zero request,
     # hence a token of memory), so the Train workers get every CPU.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job, storage=str(folder / "train")),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job, storage=storage),
                                     {"cpu": 0, "memory": 64 * 2**20})
-    mlflow_trials = MlflowTrials(params)
+    mlflow_trials = MlflowTrials(params, storage)
     if tune.Tuner.can_restore(str(folder / "tune")):
         print(f"resuming sweep {cfg.name} from {folder / 'tune'}")
         tuner = tune.Tuner.restore(str(folder / "tune"), trainable, resume_unfinished=True, resume_errored=True)

@@ -3,7 +3,8 @@
 Stages run as separate processes under `dvc repro`, so they find their common parent by a
 key: $CLIMS_PIPELINE_RUN when set, otherwise a hash of what defines the run (git commit, the
 uncommitted diff of code and config, params.yaml and the DVC experiment name). The store is a
-SQLite file in the repository unless params or $MLFLOW_TRACKING_URI name another.
+SQLite file in the repository unless params or $MLFLOW_TRACKING_URI name another: on a cluster,
+or for many experiments at once, a tracking server (`mlflow server`, tracking.uri http://...).
 """
 from __future__ import annotations
 
@@ -88,11 +89,14 @@ class StageRun:
 
 
 def experiment_id(client, name: str) -> str:
+    """The experiment's id, created if new: its artifacts beside a local store, in the repository;
+    a tracking server's (http://...) where the server keeps them, so every machine can read them."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = (repo_root() / ARTIFACT_DIR).as_uri()
-    return client.create_experiment(name, artifact_location=artifacts)
+    if client.tracking_uri.startswith(("http://", "https://")):
+        return client.create_experiment(name)
+    return client.create_experiment(name, artifact_location=(repo_root() / ARTIFACT_DIR).as_uri())
 
 
 def log_params(client, run_id: str, tree: Mapping[str, Any]) -> None:

@@ -25,10 +25,11 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.codedeps import code_digest
 from pipeline.data.manifest import data_fingerprint, read_manifest, records_with_labels
 from pipeline.errors import UserError
-from pipeline.io import NET_WEIGHTS, atomic_path, files_fingerprint, label_png_path
+from pipeline.io import NET_WEIGHTS, files_fingerprint, label_png_path
 from pipeline.nets.backbone import Backbone, with_checked_weights
 from pipeline.params import Params
 from pipeline.precision import autocast, prepared_images, prepared_net, required_device
+from pipeline.storage import StateFile, join, storage_path
 
 STATE_FILE = "state.pt"
 StepFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict]
@@ -131,11 +132,11 @@ def _all_reduce_means(means: dict[str, float]) -> dict[str, float]:
 
 def worker_loop(config: dict, setup: SetupFn) -> None:
     """The per-worker loop; config["job"] is the run's TrainJob. On Ray Train unless
-    config["local_dir"] names the folder of a run in this process (`distributed.launcher: local`).
+    config["local_run"] names the folder (or URI) of a run in this process (`distributed.launcher: local`).
     A UserError (bad data) leaves the worker without the traceback through the loop: its message
     names the file, and pipeline.distributed ends the run on it instead of retrying."""
     try:
-        session = LocalSession(Path(config["local_dir"]), config["job"]) if "local_dir" in config else RaySession()
+        session = LocalSession(config["local_run"], config["job"]) if "local_run" in config else RaySession()
         _train(config["job"], setup, session)
     except UserError as error:
         raise UserError(str(error)) from None
@@ -148,9 +149,20 @@ class RaySession:
         import ray.train
         import ray.train.torch
 
+        from pipeline.distributed import node_name
+
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.node = node_name()
+
+    def nodes(self) -> list[str]:
+        """Every rank's node, in rank order."""
+        if not torch.distributed.is_initialized():
+            return [self.node]
+        nodes = [None] * self.world
+        torch.distributed.all_gather_object(nodes, self.node)
+        return nodes
 
     def last_state(self) -> dict | None:
         import ray.train
@@ -177,23 +189,25 @@ class RaySession:
 
 
 class LocalSession:
-    """The one worker of a run in this process: its state file in `folder` is its checkpoint."""
+    """The one worker of a run in this process: its state file in the run's folder of the storage
+    (a folder or a URI) is its checkpoint."""
 
     rank, world = 0, 1
 
-    def __init__(self, folder: Path, job: TrainJob):
-        self.folder, self.device = folder, required_device(job.params.distributed.use_gpu)
+    def __init__(self, run: str, job: TrainJob):
+        self.state, self.device = StateFile(join(run, STATE_FILE)), required_device(job.params.distributed.use_gpu)
 
     def last_state(self) -> dict | None:
-        path = self.folder / STATE_FILE
-        return torch.load(path, map_location=self.device, weights_only=True) if path.is_file() else None
+        return self.state.load(self.device)
+
+    def nodes(self) -> list[str]:
+        return ["this process"]
 
     def prepare_model(self, net):
         return net
 
     def report(self, metrics: dict, state: dict | None = None, folder: Path | None = None) -> None:
-        with atomic_path(self.folder / STATE_FILE) as tmp:  # a kill mid-save leaves the last epoch's
-            torch.save(state, tmp)
+        self.state.save(state)
 
 
 def _train(job: TrainJob, setup: SetupFn, session) -> None:
@@ -220,6 +234,9 @@ def _train(job: TrainJob, setup: SetupFn, session) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start, history = state["epoch"], state["history"]
     model = session.prepare_model(net)
+    nodes = session.nodes()
+    if rank == 0:
+        print(f"{world} worker(s) on {len(set(nodes))} node(s): " + ", ".join(f"rank {r} on {n}" for r, n in enumerate(nodes)), flush=True)
 
     for epoch in range(start, cfg.epochs):
         began = time.perf_counter()
@@ -264,14 +281,14 @@ def run_name(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path]
 def fit_final_state(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path], name: str | None = None) -> dict:
     """Run `train_fn` (under `name`, else `run_name`) on Ray Train or, with `distributed.launcher:
     local`, in this process; return the last checkpoint's state (model, history, ...)."""
-    from pipeline.distributed import fit, storage_path
+    from pipeline.distributed import fit
 
     dist = job.params.distributed
     name = name or run_name(train_fn, job, inputs)
     if dist.launcher == "local":
-        folder = Path(storage_path(dist.storage)) / name
-        train_fn({"job": job, "local_dir": str(folder)})
-        return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        run = join(storage_path(dist.storage), name)
+        train_fn({"job": job, "local_run": run})
+        return StateFile(join(run, STATE_FILE)).load()
     result = fit(train_fn, job, dist, name)
     if result.error is not None:
         raise result.error

@@ -142,7 +142,7 @@ def test_clims_ui_shows_the_sweep_runs_in_chromium(tmp_path, base_params):
     base_params["sweep"]["name"] = "browser"
     params = validate(base_params)
     # The sweep's own MLflow writer, fed the results Tune would hand it.
-    trials = MlflowTrials(params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": uri})}))
+    trials = MlflowTrials(params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": uri})}), str(tmp_path))
     for trial_id, config in TRIALS.items():
         for epoch in (1, 2):
             trials.result(trial_id, config, {"epoch": epoch, "cam_miou": 40 + epoch + config["otm"], "loss": 1.0 / epoch})

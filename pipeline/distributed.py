@@ -99,6 +99,25 @@ def raise_user_error_inside(error: BaseException) -> None:
             raise found from None
 
 
+def stopped_run(error: BaseException, name: str, storage: str, retries: int) -> UserError:
+    """One line for a Ray Train run that failed more often than its retries allow (a lost node,
+    a crashed worker): what failed, where its checkpoints are, how to go on. The tracebacks were
+    printed above it as Ray reported them."""
+    failures = getattr(error, "worker_failures", None) or {}
+    controller = getattr(error, "controller_failure", None)
+    causes = [f"rank {rank}: {_last_line(failure)}" for rank, failure in sorted(failures.items())]
+    if controller is not None:
+        causes.append(_last_line(controller))
+    what = "; ".join(causes) or _last_line(error)
+    return UserError(f"{name}: training stopped after {retries} retries (distributed.max_failures): {what}. Its "
+                     f"checkpoints stay in {storage}/{name}: run the stage again (dvc repro) to resume from the last one")
+
+
+def _last_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[-1][:300]
+
+
 def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | None = None,
         callbacks: list | None = None):
     """Run `train_fn({"job": job})` on `dist.num_workers` Ray Train workers (DDP) and return the
@@ -110,7 +129,7 @@ def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | N
     what is being trained. `callbacks`: Ray Train UserCallbacks (a sweep's TuneReportCallback).
     """
     init_ray()
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
@@ -130,9 +149,9 @@ def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | N
     )
     try:
         return trainer.fit()
-    except Exception as error:
+    except TrainingFailedError as error:
         raise_user_error_inside(error)
-        raise
+        raise stopped_run(error, name, storage_path(storage or dist.storage), dist.max_failures) from None
 
 
 def map_shards(work: Callable[..., Any], items: Sequence, num_workers: int, use_gpu: bool, *args, cpus: int = 1) -> list:

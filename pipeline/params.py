@@ -223,7 +223,7 @@ class Distributed(Section):
     cpus_per_worker: PositiveInt  # torch threads of each worker (and its Ray CPU reservation)
     use_gpu: bool
     max_failures: NonNegativeInt  # worker failures a training run recovers from (from its last checkpoint)
-    storage: str  # Ray Train's storage (checkpoints); relative paths are made absolute from the repo
+    storage: str  # the checkpoints (pipeline.storage): a folder, relative ones from the repo, or a URI (s3://...)
     # bf16: autocast + channels_last for training and inference (pipeline.precision); fp32 as written
     precision: Literal["fp32", "bf16"] = "fp32"
     # local: a training stage runs in its own process without Ray (one worker; checkpoints and

@@ -266,8 +266,9 @@ def run_name(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path]
     everything the training depends on: the job, the bytes of `inputs` (data manifest, initial
     nets, labels' source), the images and label maps as they are now (sizes and modification
     times: an image rewritten under an unchanged manifest counts) and the project code the
-    worker's module imports (pipeline.codedeps). A killed stage resumes; a changed one starts afresh."""
-    digest = hashlib.sha256(job.model_dump_json().encode())
+    worker's module imports (pipeline.codedeps). A killed stage resumes; a changed one starts afresh.
+    The retry budget is left out: a run that gave up after its retries resumes with more."""
+    digest = hashlib.sha256(job.model_dump_json(exclude={"params": {"distributed": {"max_failures"}}}).encode())
     for path in inputs:
         digest.update(Path(path).read_bytes())
     records = read_manifest(job.manifest)

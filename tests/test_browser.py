@@ -7,12 +7,9 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.parse
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from servers import serving
 from pipeline.distributed import bindable_port
 from pipeline.params import validate
 from pipeline.sweep import MlflowTrials
@@ -96,24 +94,10 @@ def clims_ui(folder: Path, base_params: dict, uri: str) -> Iterator[str]:
     """`clims ui` started as a user would, in `folder`, on the store `uri`; yields its address."""
     port = bindable_port("127.0.0.1", 0)
     (folder / "params.yaml").write_text(yaml.safe_dump({**base_params, "tracking": {"uri": uri, "experiment": "clims"}}))
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)], cwd=folder,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(url, timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail(f"clims ui did not answer on {url}")
+    url = f"http://127.0.0.1:{port}"
+    with serving([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)], url, folder / "ui.log", cwd=folder,
+                 env={**os.environ, "PYTHONPATH": str(REPO)}):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
-        server.wait(timeout=30)
 
 
 def show_in_chromium(folder: Path, page: str, names: list[str], shot_name: str, expand: bool = False,

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from servers import RayCluster, mlflow_server, s3_client, s3_server
@@ -67,8 +68,9 @@ def project(tmp_path_factory, cluster, s3, tracking):
     return root, env
 
 
-def stream(args, cwd, env, on_line=lambda line: None, timeout: float = 900) -> str:
-    """Run `args`, handing each output line to `on_line` as it comes; returns the whole output."""
+def stream(args, cwd, env, on_line=lambda line: None, timeout: float = 900, fails: bool = False) -> str:
+    """Run `args`, handing each output line to `on_line` as it comes; returns the whole output
+    once it has succeeded (failed, with `fails`)."""
     process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, deadline = [], time.time() + timeout
     for line in process.stdout:
@@ -77,7 +79,7 @@ def stream(args, cwd, env, on_line=lambda line: None, timeout: float = 900) -> s
         assert time.time() < deadline, f"{' '.join(args)} ran past {timeout} s"
     process.wait()
     output = "".join(lines)
-    assert process.returncode == 0, f"{' '.join(args)} failed:\n{output[-5000:]}"
+    assert (process.returncode != 0) == fails, f"{' '.join(args)} exited with {process.returncode}:\n{output[-5000:]}"
     return output
 
 
@@ -144,12 +146,53 @@ def test_two_queued_experiments_run_at_once(project, tracking):
             break
         assert time.time() < deadline, status
         time.sleep(5)
-    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "--help"], root, env)
+    assert status.count("Success") == 2, status
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env))
     names = [e["name"] for entry in shown for e in (entry.get("experiments") or []) if e.get("name")]
     assert len(names) == 2, shown
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("clims").experiment_id
+    spans = []
     for name in names:  # each experiment's stages wrote their runs: no write was lost
         runs = client.search_runs([experiment], f"tags.`dvc.experiment` = '{name}' and tags.`clims.stage` = 'train_cam'")
         assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "loss" in runs[0].data.metrics
+        spans.append((runs[0].info.start_time, runs[0].info.end_time))
+        # it joined the cluster (its own Ray would be one node)
+        assert "2 worker(s) on 2 node(s)" in run(["dvc", "queue", "logs", name], root, env)
+    assert max(start for start, _ in spans) < min(end for _, end in spans)  # the two ran at the same time
+
+
+def test_without_retries_a_lost_node_stops_the_run_in_one_line_and_the_next_repro_resumes(project, cluster):
+    """With no retries left, the loss of a node ends the stage with one line naming what failed
+    and where the checkpoints are; once the node is back, with retries, `dvc repro` resumes."""
+    root, env = project
+    committed = (root / "params.yaml").read_text()
+    params = yaml.safe_load(committed)
+    params["train_cam"]["epochs"] = EPOCHS // 2  # another run than the first test's
+    params["distributed"]["max_failures"] = 0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        lost = []
+
+        def kill_in_third_epoch(line: str) -> None:
+            if not lost and f"epoch 2/{EPOCHS // 2}" in line:
+                cluster.kill_node(SECOND)
+                lost.append(line)
+
+        output = stream(["dvc", "repro", "train_cam"], root, env, kill_in_third_epoch, fails=True)
+        assert lost
+        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, output[-5000:]
+        print(errors[0])  # shown with -s
+        assert re.match(rf"error: train_cam-\w+: training stopped after 0 retries \(distributed.max_failures\): rank \d: .+\. "
+                        rf"Its checkpoints stay in s3://{BUCKET}/runs/train_cam-\w+: run the stage again", errors[0]), errors[0]
+    finally:
+        if SECOND not in cluster.nodes:
+            cluster.start_node(SECOND)
+        params["distributed"]["max_failures"] = 3
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stream(["dvc", "repro", "train_cam"], root, env)
+    history = list(csv.DictReader(open(root / "plots" / "train_cam.csv")))
+    assert [int(row["epoch"]) for row in history] == list(range(1, EPOCHS // 2 + 1))
+    assert max(int(row["start_epoch"]) for row in history) >= 1, "the stopped run was not resumed"
+    (root / "params.yaml").write_text(committed)

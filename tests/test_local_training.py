@@ -1,5 +1,7 @@
 """`distributed.launcher: local`: a training stage's epochs in its own process, without Ray: the
 same net as a one-worker Ray Train run, its state file as the checkpoint a killed run resumes from."""
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -11,6 +13,8 @@ from pipeline.data.prepare import render_splits
 from pipeline.errors import UserError
 from pipeline.nets.cam_net import load_cam_net
 from pipeline.params import validate
+from pipeline.storage import StateFile, join, storage_path
+from servers import s3_client, s3_server
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,40 @@ def test_a_killed_local_run_resumes_from_its_state_file(world, monkeypatch):
     history = train(params, "baseline", root / "data" / "train.parquet", root / "killed", name="killed")
     assert [row["start_epoch"] for row in history] == [0, 1, 1]  # epochs 2 and 3 after resuming from epoch 1
     assert same_weights(weights(root / "killed"), weights(root / "whole"))
+
+
+def test_a_local_run_checkpoints_into_an_object_store_and_resumes_from_it(world, monkeypatch):
+    """distributed.storage as a URI: the state file goes to an S3-compatible store (moto's, on
+    127.0.0.1) and a killed run resumes from it."""
+    params, root = world
+    with s3_server("checkpoints") as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        on_s3 = params.model_copy(update={"distributed": params.distributed.model_copy(update={"storage": "s3://checkpoints/runs/"})})
+        report = train_loop.LocalSession.report
+
+        def report_then_die(self, metrics, state=None, folder=None):
+            report(self, metrics, state, folder)
+            if metrics["epoch"] == 1:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(train_loop.LocalSession, "report", report_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train(on_s3, "baseline", root / "data" / "train.parquet", root / "s3", name="s3")
+        keys = [o["Key"] for o in s3_client(env).list_objects_v2(Bucket="checkpoints")["Contents"]]
+        assert f"runs/s3/{train_loop.STATE_FILE}" in keys and not any(k.endswith(".partial") for k in keys)
+        monkeypatch.setattr(train_loop.LocalSession, "report", report)
+        history = train(on_s3, "baseline", root / "data" / "train.parquet", root / "s3", name="s3")
+    assert [row["start_epoch"] for row in history] == [0, 1, 1]
+
+
+def test_storage_locations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage_path("s3://bucket/runs/") == "s3://bucket/runs"
+    assert Path(storage_path("ray_results")).is_absolute()
+    assert join("s3://bucket/runs", "sweeps", "a") == "s3://bucket/runs/sweeps/a"
+    with pytest.raises(UserError, match="distributed.storage: cannot open nosuch://x/state.pt"):
+        StateFile("nosuch://x/state.pt")
 
 
 def test_local_training_is_one_worker(base_params):

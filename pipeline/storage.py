@@ -42,7 +42,6 @@ class StateFile:
     def __init__(self, location: str):
         from pyarrow import fs
 
-        self.location = location
         try:
             self.fs, self.path = fs.FileSystem.from_uri(location)
         except Exception as error:  # an unknown scheme, a bucket without credentials, ...

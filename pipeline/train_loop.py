@@ -201,7 +201,7 @@ class LocalSession:
         return self.state.load(self.device)
 
     def nodes(self) -> list[str]:
-        return ["this process"]
+        return []  # this process
 
     def prepare_model(self, net):
         return net
@@ -235,7 +235,7 @@ def _train(job: TrainJob, setup: SetupFn, session) -> None:
         start, history = state["epoch"], state["history"]
     model = session.prepare_model(net)
     nodes = session.nodes()
-    if rank == 0:
+    if rank == 0 and nodes:
         print(f"{world} worker(s) on {len(set(nodes))} node(s): " + ", ".join(f"rank {r} on {n}" for r, n in enumerate(nodes)), flush=True)
 
     for epoch in range(start, cfg.epochs):

@@ -72,6 +72,9 @@ def _ui(args) -> None:
     from pipeline.tracking import tracking_uri
 
     uri = tracking_uri(load_params().tracking.uri)
+    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        print(f"MLflow UI: {uri} (the tracking server's)")
+        return
     port = bindable_port(args.host, args.port)
     print(f"MLflow UI on {uri}: http://{args.host}:{port}", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(port)]

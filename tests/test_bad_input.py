@@ -125,3 +125,10 @@ def test_clims_ui_on_a_busy_port_is_one_line_and_port_0_is_a_real_port(monkeypat
     assert exited.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: 127.0.0.1:{port}: cannot listen there (")
     assert bindable_port("127.0.0.1", 0) > 0
+
+
+def test_clims_ui_on_a_tracking_server_names_it_and_starts_nothing(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    cli.main(["ui"])
+    assert capsys.readouterr().out == "MLflow UI: http://127.0.0.1:5999 (the tracking server's)\n"

@@ -125,6 +125,8 @@ def test_stages_and_a_sweep_are_tracked_on_the_server(project, tracking):
     run([sys.executable, "-m", "pipeline.cli", "sweep", "--num-samples", "2"], root, env)
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("clims").experiment_id
+    # the artifacts go to the server's store, which every machine reaches, not to a node's disk
+    assert client.get_experiment(experiment).artifact_location.startswith("mlflow-artifacts:")
     stages = {r.data.tags["clims.stage"]: r for r in client.search_runs([experiment], "tags.`clims.stage` != ''")}
     assert {"prepare_data", "train_cam", "make_cam_baseline", "prepare_clip"} <= set(stages)
     assert len(stages["train_cam"].data.metrics) > 0 and stages["train_cam"].info.status == "FINISHED"

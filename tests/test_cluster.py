@@ -101,9 +101,10 @@ def test_training_spans_both_nodes_and_survives_losing_one(project, cluster, s3)
     assert lost, "the second epoch never finished"
     placements = re.findall(r"2 worker\(s\) on (\d) node\(s\): rank 0 on (\S+) \((\w+)\), rank 1 on (\S+) \((\w+)\)", output)
     assert len(placements) >= 2, output[-5000:]  # the first start and the one after the loss
-    for count, ip0, node0, ip1, node1 in placements:
-        assert count == "2" and {ip0, ip1} == {HEAD, SECOND} and node0 != node1
-    assert placements[0][2:] != placements[-1][2:] or placements[0][4] != placements[-1][4]  # a new raylet: a new node id
+    nodes = [{ip0: node0, ip1: node1} for count, ip0, node0, ip1, node1 in placements]
+    assert all(count == "2" for count, *_ in placements)
+    assert all(set(n) == {HEAD, SECOND} and n[HEAD] != n[SECOND] for n in nodes)
+    assert nodes[0][SECOND] != nodes[-1][SECOND]  # the second node's new raylet: a new node id
 
     history = list(csv.DictReader(open(root / "plots" / "train_cam.csv")))
     assert [int(row["epoch"]) for row in history] == list(range(1, EPOCHS + 1))

@@ -69,10 +69,10 @@ def _report(args) -> None:
 def _ui(args) -> None:
     from pipeline.distributed import bindable_port
     from pipeline.params import load_params
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking import is_server, tracking_uri
 
     uri = tracking_uri(load_params().tracking.uri)
-    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+    if is_server(uri):  # a tracking server serves its own UI
         print(f"MLflow UI: {uri} (the tracking server's)")
         return
     port = bindable_port(args.host, args.port)

@@ -129,6 +129,7 @@ def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | N
     what is being trained. `callbacks`: Ray Train UserCallbacks (a sweep's TuneReportCallback).
     """
     init_ray()
+    storage = storage_path(storage or dist.storage)
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -140,7 +141,7 @@ def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | N
                                      resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if dist.use_gpu else {})}),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_path(storage or dist.storage),
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=dist.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[*(callbacks or []), stop_on_user_errors()],
@@ -151,7 +152,7 @@ def fit(train_fn: Callable[[dict], None], job, dist, name: str, storage: str | N
         return trainer.fit()
     except TrainingFailedError as error:
         raise_user_error_inside(error)
-        raise stopped_run(error, name, storage_path(storage or dist.storage), dist.max_failures) from None
+        raise stopped_run(error, name, storage, dist.max_failures) from None
 
 
 def map_shards(work: Callable[..., Any], items: Sequence, num_workers: int, use_gpu: bool, *args, cpus: int = 1) -> list:

@@ -34,6 +34,11 @@ def tracking_uri(configured: str | None = None) -> str:
     return f"sqlite:///{repo_root() / DB_FILE}"
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server (`mlflow server`), not a store this process opens itself."""
+    return uri.startswith(("http://", "https://"))
+
+
 def pipeline_key() -> str:
     if os.environ.get("CLIMS_PIPELINE_RUN"):
         return os.environ["CLIMS_PIPELINE_RUN"]
@@ -94,7 +99,7 @@ def experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    if client.tracking_uri.startswith(("http://", "https://")):
+    if is_server(client.tracking_uri):
         return client.create_experiment(name)
     return client.create_experiment(name, artifact_location=(repo_root() / ARTIFACT_DIR).as_uri())
 

@@ -27,6 +27,22 @@ def stop_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     process.wait(timeout=60)
 
 
+def wait_until(ready, process: subprocess.Popen, log: Path, what: str, timeout: float = 120) -> None:
+    """Poll `ready()` until it holds; a process that exits or a timeout first is an error with its log."""
+    deadline = time.time() + timeout
+    while not ready():
+        if process.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"{what}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def answers(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
+        return False
+
+
 @contextmanager
 def serving(command: list[str], url: str, log: Path, cwd: Path | None = None, env: dict | None = None,
             timeout: float = 120) -> Iterator[subprocess.Popen]:
@@ -34,15 +50,7 @@ def serving(command: list[str], url: str, log: Path, cwd: Path | None = None, en
     with open(log, "ab") as out:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                if urllib.request.urlopen(url, timeout=2).status == 200:
-                    break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{command[0]} did not answer on {url}:\n{log.read_text()[-3000:]}") from None
-                time.sleep(0.5)
+        wait_until(lambda: answers(url), process, log, f"{command[0]} did not answer on {url}", timeout)
         yield process
     finally:
         stop_group(process, signal.SIGTERM)
@@ -130,12 +138,11 @@ class RayCluster:
         with open(log, "wb") as out:
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes[ip] = process
-        deadline = time.time() + 120
-        while b"Ray runtime started" not in log.read_bytes():
-            if process.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"ray start ({ip}) failed:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        try:
+            wait_until(lambda: b"Ray runtime started" in log.read_bytes(), process, log, f"ray start ({ip}) failed")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def kill_node(self, ip: str) -> None:
         """The node lost at once, as when its machine dies."""

@@ -46,21 +46,26 @@ def test_a_local_run_trains_the_same_net_as_a_one_worker_ray_run(world, ray_sess
     assert same_weights(weights(root / "local"), weights(root / "ray"))
 
 
-def test_a_killed_local_run_resumes_from_its_state_file(world, monkeypatch):
-    params, root = world
-    train(params, "baseline", root / "data" / "train.parquet", root / "whole", name="whole")
+def killed_after_epoch_1(params, root, name: str, monkeypatch) -> None:
+    """Train until the process is killed right after epoch 1's state was saved."""
     report = train_loop.LocalSession.report
 
     def report_then_die(self, metrics, state=None, folder=None):
         report(self, metrics, state, folder)
         if metrics["epoch"] == 1:
-            raise KeyboardInterrupt  # the process killed right after epoch 1's state was saved
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_loop.LocalSession, "report", report_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(params, "baseline", root / "data" / "train.parquet", root / "killed", name="killed")
+    with monkeypatch.context() as patched:
+        patched.setattr(train_loop.LocalSession, "report", report_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train(params, "baseline", root / "data" / "train.parquet", root / name, name=name)
+
+
+def test_a_killed_local_run_resumes_from_its_state_file(world, monkeypatch):
+    params, root = world
+    train(params, "baseline", root / "data" / "train.parquet", root / "whole", name="whole")
+    killed_after_epoch_1(params, root, "killed", monkeypatch)
     assert not (root / "killed").exists()
-    monkeypatch.setattr(train_loop.LocalSession, "report", report)
     history = train(params, "baseline", root / "data" / "train.parquet", root / "killed", name="killed")
     assert [row["start_epoch"] for row in history] == [0, 1, 1]  # epochs 2 and 3 after resuming from epoch 1
     assert same_weights(weights(root / "killed"), weights(root / "whole"))
@@ -74,19 +79,9 @@ def test_a_local_run_checkpoints_into_an_object_store_and_resumes_from_it(world,
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         on_s3 = params.model_copy(update={"distributed": params.distributed.model_copy(update={"storage": "s3://checkpoints/runs/"})})
-        report = train_loop.LocalSession.report
-
-        def report_then_die(self, metrics, state=None, folder=None):
-            report(self, metrics, state, folder)
-            if metrics["epoch"] == 1:
-                raise KeyboardInterrupt
-
-        monkeypatch.setattr(train_loop.LocalSession, "report", report_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            train(on_s3, "baseline", root / "data" / "train.parquet", root / "s3", name="s3")
+        killed_after_epoch_1(on_s3, root, "s3", monkeypatch)
         keys = [o["Key"] for o in s3_client(env).list_objects_v2(Bucket="checkpoints")["Contents"]]
         assert f"runs/s3/{train_loop.STATE_FILE}" in keys and not any(k.endswith(".partial") for k in keys)
-        monkeypatch.setattr(train_loop.LocalSession, "report", report)
         history = train(on_s3, "baseline", root / "data" / "train.parquet", root / "s3", name="s3")
     assert [row["start_epoch"] for row in history] == [0, 1, 1]
 

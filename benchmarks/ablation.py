@@ -9,7 +9,8 @@ OTM; OTM+BTM; OTM+BTM+CBS; all four ("full"). From the full variant's CAMs, IRN 
 labels, the boundary net, pseudo labels by the walk, then the same pseudo labels without the walk
 (`make_sem_seg.walk=false`: the CAMs straight to the background score and the CRF). The stages
 run as their real commands in a scratch folder per run that shares the rendered data and the
-CLIP of `--source` (default: this repository; run `dvc repro prepare_clip` there first).
+CLIP of `--source` (default: this repository; run `dvc repro prepare_clip` there first); the
+folders stay in a temporary directory, named at the start.
 
 Writes benchmarks/results/<out>.json (every run's figures) and prints the table: CAM mIoU at
 each net's best background threshold, the paired gain of each row over the row before it,
@@ -117,6 +118,7 @@ def main() -> None:
 
     runs: dict[str, dict] = {}
     root = Path(tempfile.mkdtemp(prefix="ablation_"))
+    print(f"run folders (kept; benchmarks/walk_diagnosis.py --source <one>): {root}", flush=True)
     for seed in args.seeds:
         params = json.loads(json.dumps(base))
         for key in SEED_KEYS:

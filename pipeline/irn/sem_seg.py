@@ -30,16 +30,21 @@ def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg:
     their stride-4 CAMs (N, K, h, w); `cfg`: walk, radius, beta, exp_times, damp_boundary, bg_threshold.
     With `crf`, the walked labels are refined by the dense CRF on the image. `precision`: the
     boundary net's pass (pipeline.precision); the walk runs in float32."""
-    boundary = boundary_map(net, images, precision)
-    start = cams * (1 - boundary[:, None]) if cfg.damp_boundary else cams
-    walked = propagate(start, boundary, cfg.radius, cfg.beta, cfg.exp_times, cfg.paths) if cfg.walk else start
-    height, width = images.shape[-2:]
-    up = F.interpolate(walked, scale_factor=CAM_STRIDE, mode="bilinear", align_corners=False)[..., :height, :width]
-    up = up / up.flatten(1).amax(1).clamp_min(1e-5)[:, None, None, None]  # each image by its maximum
-    labels = threshold_labels(up, cfg.bg_threshold)
+    scores = walked_scores(cams, boundary_map(net, images, precision), cfg, images.shape[-2:])
+    labels = threshold_labels(scores, cfg.bg_threshold)
     if crf is None:
         return labels
     return crf_labels(pairwise_kernel(images * 255, crf), [labels], cams.shape[1] + 1, crf)[0]
+
+
+def walked_scores(cams: torch.Tensor, boundary: torch.Tensor, cfg: MakeSemSeg, size: tuple[int, int]) -> torch.Tensor:
+    """Class scores (N, K, H, W) at image size from stride-4 CAMs (N, K, h, w) and a boundary map
+    (N, h, w) in [0, 1]: damped (cfg.damp_boundary), walked (cfg.walk), upsampled, each image
+    divided by its maximum, ready for the constant background score."""
+    start = cams * (1 - boundary[:, None]) if cfg.damp_boundary else cams
+    walked = propagate(start, boundary, cfg.radius, cfg.beta, cfg.exp_times, cfg.paths) if cfg.walk else start
+    up = F.interpolate(walked, scale_factor=CAM_STRIDE, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+    return up / up.flatten(1).amax(1).clamp_min(1e-5)[:, None, None, None]
 
 
 def sem_seg_shard(records: list[ImageRecord], net_dir: str, cam_folder: str, out: str, cfg: MakeSemSeg, crf: CrfSection,

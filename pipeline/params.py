@@ -399,8 +399,9 @@ class TrainIrn(Training):
     # rescale each image by a uniform factor of its own size in this range instead of to a long side
     # in long_side (IRN's training: 0.5-1.5)
     scale_range: Optional[list[PositiveFloat]] = Field(default=None, min_length=2, max_length=2)
-    # the IR label's pixel that a stride-4 cell takes: 4i ("nearest") or 4i+2 ("nearest-exact": PIL's, IRN's)
-    grid_sampling: Literal["nearest", "nearest-exact"] = "nearest"
+    # the IR label's pixel that a stride-4 cell takes: 4i ("nearest") or 4i+2 ("nearest-exact": PIL's, IRN's);
+    # "pure": a cell takes a label only where all its pixels hold it, else 255 (no pair)
+    grid_sampling: Literal["nearest", "nearest-exact", "pure"] = "nearest"
 
     @model_validator(mode="after")
     def _scale_range(self):

@@ -190,6 +190,21 @@ def test_ir_labels_reach_the_grid_from_the_pixel_each_cell_samples(tmp_path, sam
     assert torch.equal(grid[0], expected) or torch.equal(grid[0], (31 - expected).flip(0))  # a flip mirrors the columns
 
 
+def test_pure_cells_keep_a_label_only_where_all_sixteen_pixels_hold_it():
+    """A 6 x 6 square of class 2 at rows 2-7, columns 3-8 of a 9 x 10 map: of the 3 x 3 grid only
+    the cell of rows 4-7, columns 4-7 lies inside it; cells it straddles and cells the map ends
+    in are IGNORE; an all-background cell stays 0."""
+    from pipeline.irn.train import pure_cells
+
+    label = torch.zeros(9, 10, dtype=torch.long)
+    label[2:8, 3:9] = 2
+    assert pure_cells(label).tolist() == [[IGNORE] * 3, [IGNORE, 2, IGNORE], [IGNORE] * 3]
+    label = torch.zeros(12, 12, dtype=torch.long)
+    label[4:8, 4:8] = 1
+    label[0, 11] = IGNORE
+    assert pure_cells(label).tolist() == [[0, 0, IGNORE], [0, 1, 0], [0, 0, 0]]
+
+
 def test_reference_side_outputs_are_upsampled_by_whole_factors_before_their_relu(tmp_path):
     """IRN's side output of a stage at stride 16 on a 36 x 36 image (a 3 x 3 map, the grid 9 x 9):
     conv, GroupNorm, x4 bilinear (12 x 12), cropped to 9 x 9, then ReLU; the project's default

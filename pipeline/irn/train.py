@@ -12,19 +12,32 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.data.cam_files import stride_size
+from pipeline.data.cam_files import CAM_STRIDE, stride_size
 from pipeline.data.manifest import read_manifest
 from pipeline.data.training_sets import LabelMapTrainSet
 from pipeline.irn.affinity import affinity_loss, forward_offsets, pair_labels, path_affinities
+from pipeline.metrics import IGNORE
 from pipeline.nets.boundary import BoundaryNet, save_boundary_net
 from pipeline.nets.cam_net import backbone_from
 from pipeline.params import Params, PathRule
 from pipeline.train_loop import Setup, TrainJob, fit_on_label_maps, worker_loop
 
 
+def pure_cells(label: torch.Tensor) -> torch.Tensor:
+    """(H, W) label map -> the stride-4 grid, a cell labelled only where all its pixels agree
+    (255 elsewhere, and where the map ends inside the cell): no pair of the boundary loss then
+    starts or ends in a cell that straddles an edge."""
+    height, width = stride_size(*label.shape)
+    padded = F.pad(label, (0, width * CAM_STRIDE - label.shape[1], 0, height * CAM_STRIDE - label.shape[0]), value=IGNORE)
+    cells = padded.reshape(height, CAM_STRIDE, width, CAM_STRIDE).permute(0, 2, 1, 3).reshape(height, width, -1)
+    first = cells[..., 0]
+    return torch.where((cells == first[..., None]).all(-1), first, torch.full_like(first, IGNORE))
+
+
 class IrnTrainSet(LabelMapTrainSet):
     """The IR label taken to the stride-4 grid, where the boundary net works: `grid_sampling`
-    "nearest" reads pixel 4i of cell i, "nearest-exact" pixel 4i+2 (PIL's nearest, as IRN)."""
+    "nearest" reads pixel 4i of cell i, "nearest-exact" pixel 4i+2 (PIL's nearest, as IRN),
+    "pure" keeps only cells whose pixels agree (pure_cells)."""
 
     def __init__(self, *args, grid_sampling: str = "nearest", **kwargs):
         super().__init__(*args, **kwargs)
@@ -32,6 +45,8 @@ class IrnTrainSet(LabelMapTrainSet):
 
     def __getitem__(self, index: int):
         image, label = super().__getitem__(index)
+        if self.grid_sampling == "pure":
+            return image, pure_cells(label.long())
         grid = F.interpolate(label[None, None].float(), size=stride_size(*label.shape), mode=self.grid_sampling)[0, 0]
         return image, grid.long()
 

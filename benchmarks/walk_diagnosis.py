@@ -12,7 +12,8 @@ oracle (the ground truth's edges). An edge map is twice the fraction of edge pix
 stride-4 cell, clipped to 1. For each boundary, walk radius and length, the pseudo labels of the
 scored images that hold a class are scored without the CRF, at the params' background score and
 at the best one of a sweep (the walk changes the scale the score is compared with). Also: the
-boundary net's mean on the ground truth's edge cells and off them.
+boundary net's mean on the ground truth's edge cells and off them, and how many grid cells an object
+spans and how many of them lie on its rim (the walk needs object interiors).
 
 If the oracle walk beats no walk, the walk is sound and the boundary is what costs; the ir rows
 then say whether the IR labels carry the boundary the net should learn, and the net's means how
@@ -60,6 +61,19 @@ def label_edges(label: np.ndarray) -> torch.Tensor:
     return (2 * pooled).clamp(max=1.0)
 
 
+def grid_objects(label: np.ndarray) -> tuple[list[int], int]:
+    """The ground truth on the stride-4 grid (each cell's pixel 4i, as train_irn samples it): the
+    cell count of each class present, and how many object cells touch another label (4-neighbours):
+    cells where the boundary must sit, on the path of every pair that starts or ends there."""
+    grid = label[::CAM_STRIDE, ::CAM_STRIDE]
+    objects = (grid > 0) & (grid != 255)
+    padded = np.pad(grid, 1, mode="edge")
+    rim = np.zeros_like(objects)
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        rim |= padded[1 + dy : 1 + dy + grid.shape[0], 1 + dx : 1 + dx + grid.shape[1]] != grid
+    return [int((grid == c).sum()) for c in np.unique(grid[objects])], int((objects & rim).sum())
+
+
 def walk_variants(base, boundaries: list[str], radii: list[int], exp_times: list[int]) -> dict:
     """By name, (the boundary walked over, make_sem_seg settings): no walk, then each boundary x
     radius x 2^exp steps."""
@@ -105,6 +119,7 @@ def main() -> None:
     ts = np.unique(np.concatenate([SWEEP, [base.bg_threshold]]))
     total: ScoreTotals | None = None  # every variant's thresholds, one after another
     on_edge, off_edge = [], []
+    object_cells, rim_cells = [], 0
     with torch.no_grad():
         for batch in same_shape_batches(records, 64):
             images = torch.stack([load_image(r.image_path) for r in batch])
@@ -114,6 +129,10 @@ def main() -> None:
                           "oracle": torch.stack([label_edges(read_label(r.label_path)) for r in batch])}
             if "ir" in args.boundaries:
                 boundaries["ir"] = torch.stack([label_edges(read_label(label_png_path(layout.IR_LABELS_DIR, r.image_id))) for r in batch])
+            for record in batch:
+                cells, rim = grid_objects(read_label(record.label_path))
+                object_cells += cells
+                rim_cells += rim
             edge = boundaries["oracle"] > 0
             on_edge.append(boundaries["net"][edge].mean().item())
             off_edge.append(boundaries["net"][~edge].mean().item())
@@ -126,10 +145,12 @@ def main() -> None:
             for n, name in enumerate(variants)}
     report = {"source": str(source), "cams": str(cams_folder), "images": len(records),
               "bg_threshold": base.bg_threshold, "net_boundary_on_edges": float(np.mean(on_edge)),
-              "net_boundary_off_edges": float(np.mean(off_edge)), "variants": rows}
+              "net_boundary_off_edges": float(np.mean(off_edge)), "median_cells_per_object": float(np.median(object_cells)),
+              "object_cells_on_a_rim": rim_cells / max(1, sum(object_cells)), "variants": rows}
     write_results(args.out, report, quiet=True)
     print(f"{len(records)} images; boundary net: {report['net_boundary_on_edges']:.3f} on ground-truth edges, "
-          f"{report['net_boundary_off_edges']:.3f} off them")
+          f"{report['net_boundary_off_edges']:.3f} off them; an object spans {report['median_cells_per_object']:.0f} grid "
+          f"cells (median), {100 * report['object_cells_on_a_rim']:.0f} % of them on its rim")
     print(f"| pseudo labels, no CRF | mIoU at {base.bg_threshold} | context leak | best mIoU (threshold) |\n|---|---|---|---|")
     for name, r in rows.items():
         leak = f"{r['context_leak']:.1f} %" if r["context_leak"] is not None else "-"

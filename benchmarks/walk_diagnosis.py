@@ -40,6 +40,7 @@ from pipeline.data.manifest import read_manifest, same_shape_batches  # noqa: E4
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.io import label_png_path, read_label  # noqa: E402
 from pipeline.irn.sem_seg import walked_scores  # noqa: E402
+from pipeline.metrics import IGNORE  # noqa: E402
 from pipeline.nets.boundary import boundary_map, load_boundary_net  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.scoring import ScoreTotals, context_ids, predict, summarise, threshold_totals, thresholds  # noqa: E402
@@ -66,7 +67,7 @@ def grid_objects(label: np.ndarray) -> tuple[list[int], int]:
     cell count of each class present, and how many object cells touch another label (4-neighbours):
     cells where the boundary must sit, on the path of every pair that starts or ends there."""
     grid = label[::CAM_STRIDE, ::CAM_STRIDE]
-    objects = (grid > 0) & (grid != 255)
+    objects = (grid > 0) & (grid != IGNORE)
     padded = np.pad(grid, 1, mode="edge")
     rim = np.zeros_like(objects)
     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
@@ -125,12 +126,13 @@ def main() -> None:
             images = torch.stack([load_image(r.image_path) for r in batch])
             cams = [load_cam(cam_path(cams_folder, r.image_id)) for r in batch]
             maps = torch.stack([torch.from_numpy(c["cam"].astype(np.float32)) for c in cams])
+            truths = [read_label(r.label_path) for r in batch]
             boundaries = {"none": torch.zeros(maps.shape[0], *maps.shape[-2:]), "net": boundary_map(net, images),
-                          "oracle": torch.stack([label_edges(read_label(r.label_path)) for r in batch])}
+                          "oracle": torch.stack([label_edges(truth) for truth in truths])}
             if "ir" in args.boundaries:
                 boundaries["ir"] = torch.stack([label_edges(read_label(label_png_path(layout.IR_LABELS_DIR, r.image_id))) for r in batch])
-            for record in batch:
-                cells, rim = grid_objects(read_label(record.label_path))
+            for truth in truths:
+                cells, rim = grid_objects(truth)
                 object_cells += cells
                 rim_cells += rim
             edge = boundaries["oracle"] > 0

@@ -1,5 +1,6 @@
 """The CLIMS losses against hand-computed values, and the batched CLIP pass against a per-pair loop."""
 import math
+import sys
 
 import pytest
 import torch
@@ -272,3 +273,36 @@ def test_voc_camera_ready_params_build_the_references_loss(tiny_clip):
     labels[1, 18] = 1  # a train
     out = loss_fn(torch.rand(2, 3, 64, 64), torch.rand(2, 20, 16, 16), labels)
     assert all(torch.isfinite(out[term]) for term in ("otm", "btm", "cbs", "reg", "loss")) and out["cbs"] > 0
+
+
+def test_loss_pulls_scores_each_pair_as_training_does(tiny_clip):
+    """benchmarks/loss_pulls.py's per-pair terms are the training loss of a batch holding that pair alone."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from loss_pulls import pair_terms
+
+    loss_fn = _loss(tiny_clip, "improved")
+    loss_fn.score = (10.0, -5.0)  # the default's clip_sigmoid path
+    torch.manual_seed(3)
+    images, masks, class_ids = torch.rand(2, 3, 64, 64), (torch.rand(2, 64, 64) > 0.5).float(), torch.tensor([2, 4])
+    terms = pair_terms(loss_fn, images, class_ids, masks, num_classes=4)
+    for n, k in enumerate(class_ids.tolist()):
+        labels, planes = torch.zeros(1, 4), torch.zeros(1, 4, 64, 64)
+        labels[0, k - 1], planes[0, k - 1] = 1, masks[n]
+        alone = loss_fn(images[n : n + 1], planes, labels)
+        for name in ("otm", "btm", "cbs", "reg"):
+            assert terms[name][n].item() == pytest.approx(alone[name].item(), abs=1e-5), name
+    assert terms["cbs"].min() > 0  # tau 0: every prompt fires, so the CBS comparison is not vacuous
+
+
+def test_loss_pulls_half_masks_keep_each_objects_left_half():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from loss_pulls import left_halves
+
+    instances = torch.zeros(4, 8, dtype=torch.long)
+    instances[1:3, 0:4] = 1  # columns 0-3: centre 1.5, keeps 0 and 1
+    instances[0:4, 5:8] = 2  # columns 5-7: centre 6, keeps 5
+    half = left_halves(instances, instances > 0)
+    expected = torch.zeros(4, 8, dtype=torch.bool)
+    expected[1:3, 0:2] = True
+    expected[0:4, 5] = True
+    assert torch.equal(half, expected)

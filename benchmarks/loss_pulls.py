@@ -1,0 +1,134 @@
+"""What each CLIMS term asks of a mask on a given CLIP, before any net is trained.
+
+    python benchmarks/loss_pulls.py [--source DIR] [--scenes 300] [--out loss_pulls]
+
+DIR is a folder where `prepare_clip` ran on the synthetic world (default: this repository); its
+CLIP, params and metrics/clip.json (for tau) are read. On held-out renders, for every scene and
+class whose context shows (>= 8 pixels), three masks P of that class are scored by the CLIMS
+loss exactly as training scores a pair (pipeline.cam.losses, the params' weights, score and tau):
+
+- exact: the class's objects, pixel for pixel (the mask every term should prefer);
+- context: the exact mask grown over the class's context background (the failure L_CBS exists for);
+- half: each object of the class cut to its left half (a CAM on a discriminative part: the
+  failure L_BTM exists for).
+
+For each ablation variant (otm, otm_btm, otm_btm_cbs, full) it prints the mean loss per pair at
+each mask and the share of pairs for which the exact mask costs less than the other two. A
+variant whose loss is lower with the context than without pulls P into the context; L_BTM earns
+its place only where it makes the half mask dearer than the exact one by more than it makes the
+exact mask dearer than the context one.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from common import REPO, write_results
+
+sys.path.insert(0, str(REPO))
+from pipeline import layout  # noqa: E402
+from pipeline.cam.losses import CLAMP  # noqa: E402
+from pipeline.cam.tau import resolve_tau  # noqa: E402
+from pipeline.cam.train import clims_loss_from  # noqa: E402
+from pipeline.clip.model import load_clip  # noqa: E402
+from pipeline.clip.views import ScenePool, render_pool  # noqa: E402
+from pipeline.data.prepare import world_spec  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+
+MASKS = ("exact", "context", "half")
+VARIANTS = {"otm": ("otm",), "otm_btm": ("otm", "btm"), "otm_btm_cbs": ("otm", "btm", "cbs"), "full": ("otm", "btm", "cbs", "reg")}
+MIN_CONTEXT = 8
+
+
+def left_halves(instances: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """The exact mask with every object cut to the columns left of its own centre."""
+    half = torch.zeros_like(exact)
+    columns = torch.arange(exact.shape[-1])
+    for j in torch.unique(instances[exact]).tolist():
+        obj = exact & (instances == j)
+        centre = columns[obj.any(0)].float().mean()
+        half |= obj & (columns < centre)[None, :]
+    return half
+
+
+def probe_masks(pool: ScenePool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scene index, class id and the three masks (P, 3, H, W) of every (scene, class) pair whose
+    context shows."""
+    scenes, classes, masks = [], [], []
+    for i in range(len(pool)):
+        label, inst, ground = pool.labels[i], pool.instances[i], pool.backgrounds[i]
+        for c in sorted(set(pool.instance_classes[i])):
+            exact = label == c
+            context = (ground == pool.contexts[c - 1]) & (label == 0)
+            if exact.sum() < 4 or context.sum() < MIN_CONTEXT:
+                continue
+            scenes.append(i)
+            classes.append(c)
+            masks.append(torch.stack([exact, exact | context, left_halves(inst, exact)]))
+    return torch.tensor(scenes), torch.tensor(classes), torch.stack(masks).float()
+
+
+def pair_terms(loss_fn, images: torch.Tensor, class_ids: torch.Tensor, masks: torch.Tensor, num_classes: int) -> dict:
+    """Each CLIMS term per pair (image n with P of class class_ids[n] = masks[n], no other class),
+    as ClimsLoss computes it for a batch (the improved variant's CBS, each pair's share of L_REG
+    as if its image held this class alone)."""
+    labels = torch.zeros(len(class_ids), num_classes)
+    labels[torch.arange(len(class_ids)), class_ids - 1] = 1
+    planes = torch.zeros(len(class_ids), num_classes, *masks.shape[-2:])
+    planes[torch.arange(len(class_ids)), class_ids - 1] = masks
+    with torch.no_grad():
+        _, cos_fg, cos_bg, cos_fg_backgrounds = loss_fn.similarities(images, planes, labels)
+    s_fg, s_bg, s_fg_backgrounds = loss_fn.scores(cos_fg), loss_fn.scores(cos_bg), loss_fn.scores(cos_fg_backgrounds)
+    firing = cos_fg_backgrounds > loss_fn.tau
+    return {
+        "s_fg": s_fg, "s_bg": s_bg,
+        "otm": -torch.log(s_fg.clamp(*CLAMP)),
+        "btm": -torch.log(1 - s_bg.clamp(*CLAMP)),
+        "cbs": (firing * -torch.log(1 - s_fg_backgrounds.clamp(*CLAMP))).sum(1),
+        "reg": masks.mean((1, 2)) / num_classes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=REPO, help="a folder where prepare_clip ran")
+    parser.add_argument("--scenes", type=int, default=300, help="held-out renders (prepare_clip's eval pool)")
+    parser.add_argument("--out", default="loss_pulls", help="results name: benchmarks/results/<out>.json")
+    args = parser.parse_args()
+    source = args.source.resolve()
+    params = load_params(source / "params.yaml")
+    if params.dataset.name != "synthetic" or params.clip.source != "tiny":
+        raise SystemExit(f"{source / 'params.yaml'}: loss_pulls needs the synthetic world and its tiny CLIP")
+    clip, texts = load_clip(source / layout.CLIP_DIR)
+    tau, _ = resolve_tau(params.clims_loss, source / layout.METRICS_DIR / "clip.json")
+    loss_fn = clims_loss_from(params, clip, texts, tau)
+    weights = params.clims_loss.weights
+
+    spec = world_spec(params.dataset, params.clip.train.cooccurrence)
+    pool = render_pool(spec, args.scenes, params.clip.train.seed, "clip-eval")
+    scenes, classes, masks = probe_masks(pool)
+    images = pool.images[scenes].float() / 255.0
+    per_mask = {name: pair_terms(loss_fn, images, classes, masks[:, m], len(spec.classes)) for m, name in enumerate(MASKS)}
+
+    report = {"source": str(source), "tau": tau, "pairs": len(classes), "weights": weights.model_dump(), "scores": {}, "variants": {}}
+    for name, terms in per_mask.items():
+        report["scores"][name] = {key: float(terms[key].mean()) for key in ("s_fg", "s_bg", "otm", "btm", "cbs", "reg")}
+    print(f"{len(classes)} (scene, class) pairs of {args.scenes} held-out renders; tau {tau:.3f}")
+    print(f"{'mask':8} {'s(fg)':>6} {'s(bg)':>6} {'L_OTM':>6} {'L_BTM':>6} {'L_CBS':>6}")
+    for name, row in report["scores"].items():
+        print(f"{name:8} {row['s_fg']:6.3f} {row['s_bg']:6.3f} {row['otm']:6.3f} {row['btm']:6.3f} {row['cbs']:6.3f}")
+    print(f"\n{'variant':12} {'exact':>7} {'context':>8} {'half':>7}  exact cheapest")
+    for variant, terms in VARIANTS.items():
+        totals = torch.stack([sum(getattr(weights, t) * per_mask[m][t] for t in terms) for m in MASKS])  # (3, pairs)
+        cheapest = float((totals.argmin(0) == 0).float().mean())
+        report["variants"][variant] = {**{m: float(totals[i].mean()) for i, m in enumerate(MASKS)}, "exact_cheapest": cheapest}
+        print(f"{variant:12} {totals[0].mean():7.3f} {totals[1].mean():8.3f} {totals[2].mean():7.3f}  {cheapest:6.1%}")
+    out = write_results(args.out, report, quiet=True)
+    print(f"\n{out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,16 +4,18 @@
 
 DIR is a folder where `prepare_clip` ran on the synthetic world (default: this repository); its
 CLIP, params and metrics/clip.json (for tau) are read. On held-out renders, for every scene and
-class whose context shows (>= 8 pixels), three masks P of that class are scored by the CLIMS
+class whose context shows (>= 8 pixels), four masks P of that class are scored by the CLIMS
 loss exactly as training scores a pair (pipeline.cam.losses, the params' weights, score and tau):
 
 - exact: the class's objects, pixel for pixel (the mask every term should prefer);
 - context: the exact mask grown over the class's context background (the failure L_CBS exists for);
 - half: each object of the class cut to its left half (a CAM on a discriminative part: the
-  failure L_BTM exists for).
+  failure L_BTM exists for);
+- box: each object's bounding box (the object and a little context around it, its outline hidden:
+  tells whether the background view gives the class away by the context or by the hole's shape).
 
 For each ablation variant (otm, otm_btm, otm_btm_cbs, full) it prints the mean loss per pair at
-each mask and the share of pairs for which the exact mask costs less than the other two. A
+each mask and the share of pairs for which the exact mask costs less than every other. A
 variant whose loss is lower with the context than without pulls P into the context; L_BTM earns
 its place only where it makes the half mask dearer than the exact one by more than it makes the
 exact mask dearer than the context one.
@@ -38,7 +40,7 @@ from pipeline.clip.views import ScenePool, render_pool  # noqa: E402
 from pipeline.data.prepare import world_spec  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 
-MASKS = ("exact", "context", "half")
+MASKS = ("exact", "context", "half", "box")
 VARIANTS = {"otm": ("otm",), "otm_btm": ("otm", "btm"), "otm_btm_cbs": ("otm", "btm", "cbs"), "full": ("otm", "btm", "cbs", "reg")}
 MIN_CONTEXT = 8
 
@@ -54,9 +56,18 @@ def left_halves(instances: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     return half
 
 
+def boxes(instances: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """The union of the bounding boxes of the objects of the exact mask."""
+    box = torch.zeros_like(exact)
+    for j in torch.unique(instances[exact]).tolist():
+        rows, cols = torch.nonzero(exact & (instances == j), as_tuple=True)
+        box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+    return box
+
+
 def probe_masks(pool: ScenePool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scene index, class id and the three masks (P, 3, H, W) of every (scene, class) pair whose
-    context shows."""
+    """Scene index, class id and the masks (P, len(MASKS), H, W) of every (scene, class) pair
+    whose context shows."""
     scenes, classes, masks = [], [], []
     for i in range(len(pool)):
         label, inst, ground = pool.labels[i], pool.instances[i], pool.backgrounds[i]
@@ -67,7 +78,7 @@ def probe_masks(pool: ScenePool) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
                 continue
             scenes.append(i)
             classes.append(c)
-            masks.append(torch.stack([exact, exact | context, left_halves(inst, exact)]))
+            masks.append(torch.stack([exact, exact | context, left_halves(inst, exact), boxes(inst, exact)]))
     return torch.tensor(scenes), torch.tensor(classes), torch.stack(masks).float()
 
 
@@ -120,12 +131,12 @@ def main() -> None:
     print(f"{'mask':8} {'s(fg)':>6} {'s(bg)':>6} {'L_OTM':>6} {'L_BTM':>6} {'L_CBS':>6}")
     for name, row in report["scores"].items():
         print(f"{name:8} {row['s_fg']:6.3f} {row['s_bg']:6.3f} {row['otm']:6.3f} {row['btm']:6.3f} {row['cbs']:6.3f}")
-    print(f"\n{'variant':12} {'exact':>7} {'context':>8} {'half':>7}  exact cheapest")
+    print(f"\n{'variant':12} {'exact':>7} {'context':>8} {'half':>7} {'box':>7}  exact cheapest")
     for variant, terms in VARIANTS.items():
-        totals = torch.stack([sum(getattr(weights, t) * per_mask[m][t] for t in terms) for m in MASKS])  # (3, pairs)
+        totals = torch.stack([sum(getattr(weights, t) * per_mask[m][t] for t in terms) for m in MASKS])  # (masks, pairs)
         cheapest = float((totals.argmin(0) == 0).float().mean())
         report["variants"][variant] = {**{m: float(totals[i].mean()) for i, m in enumerate(MASKS)}, "exact_cheapest": cheapest}
-        print(f"{variant:12} {totals[0].mean():7.3f} {totals[1].mean():8.3f} {totals[2].mean():7.3f}  {cheapest:6.1%}")
+        print(f"{variant:12} {totals[0].mean():7.3f} {totals[1].mean():8.3f} {totals[2].mean():7.3f} {totals[3].mean():7.3f}  {cheapest:6.1%}")
     out = write_results(args.out, report, quiet=True)
     print(f"\n{out.relative_to(REPO)}")
 

@@ -294,15 +294,21 @@ def test_loss_pulls_scores_each_pair_as_training_does(tiny_clip):
     assert terms["cbs"].min() > 0  # tau 0: every prompt fires, so the CBS comparison is not vacuous
 
 
-def test_loss_pulls_half_masks_keep_each_objects_left_half():
+def test_loss_pulls_half_and_box_masks_by_hand():
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from loss_pulls import left_halves
+    from loss_pulls import boxes, left_halves
 
     instances = torch.zeros(4, 8, dtype=torch.long)
     instances[1:3, 0:4] = 1  # columns 0-3: centre 1.5, keeps 0 and 1
     instances[0:4, 5:8] = 2  # columns 5-7: centre 6, keeps 5
-    half = left_halves(instances, instances > 0)
+    instances[1, 3] = 0  # a notch: the box still covers it
+    exact = instances > 0
+    half = left_halves(instances, exact)
     expected = torch.zeros(4, 8, dtype=torch.bool)
     expected[1:3, 0:2] = True
     expected[0:4, 5] = True
     assert torch.equal(half, expected)
+    box = torch.zeros(4, 8, dtype=torch.bool)
+    box[1:3, 0:4] = True
+    box[0:4, 5:8] = True
+    assert torch.equal(boxes(instances, exact), box) and not torch.equal(box, exact)

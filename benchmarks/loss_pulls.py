@@ -38,6 +38,7 @@ from pipeline.cam.train import clims_loss_from  # noqa: E402
 from pipeline.clip.model import load_clip  # noqa: E402
 from pipeline.clip.views import ScenePool, render_pool  # noqa: E402
 from pipeline.data.prepare import world_spec  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 
 MASKS = ("exact", "context", "half", "box")
@@ -131,15 +132,18 @@ def main() -> None:
     print(f"{'mask':8} {'s(fg)':>6} {'s(bg)':>6} {'L_OTM':>6} {'L_BTM':>6} {'L_CBS':>6}")
     for name, row in report["scores"].items():
         print(f"{name:8} {row['s_fg']:6.3f} {row['s_bg']:6.3f} {row['otm']:6.3f} {row['btm']:6.3f} {row['cbs']:6.3f}")
-    print(f"\n{'variant':12} {'exact':>7} {'context':>8} {'half':>7} {'box':>7}  exact cheapest")
+    print(f"\n{'variant':12}" + "".join(f"{m:>9}" for m in MASKS) + "  exact cheapest")
     for variant, terms in VARIANTS.items():
         totals = torch.stack([sum(getattr(weights, t) * per_mask[m][t] for t in terms) for m in MASKS])  # (masks, pairs)
         cheapest = float((totals.argmin(0) == 0).float().mean())
         report["variants"][variant] = {**{m: float(totals[i].mean()) for i, m in enumerate(MASKS)}, "exact_cheapest": cheapest}
-        print(f"{variant:12} {totals[0].mean():7.3f} {totals[1].mean():8.3f} {totals[2].mean():7.3f} {totals[3].mean():7.3f}  {cheapest:6.1%}")
+        print(f"{variant:12}" + "".join(f"{float(t.mean()):9.3f}" for t in totals) + f"  {cheapest:6.1%}")
     out = write_results(args.out, report, quiet=True)
     print(f"\n{out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:  # a folder without a CLIP or params: one line, not a traceback
+        raise SystemExit(f"error: {exc}")

@@ -1,11 +1,15 @@
 """The paper's ablation over seeds: which CLIMS term earns what, and what IRN's walk adds.
 
-    python benchmarks/ablation.py [--seeds 0 1 2] [--variants otm otm_btm otm_btm_cbs full]
+    python benchmarks/ablation.py [--seeds 0 1 2] [--variants otm otm_btm otm_btm_cbs full no_btm ...]
                                   [--source DIR] [--out ablation] [-S key=value ...]
+    python benchmarks/ablation.py --reprint --out NAME     # the tables of a results file, nothing run
 
 For every seed (of the baseline's and CLIMS's training, and of the boundary net's) the baseline
-CAM net is trained once; each CLIMS variant starts from it, the losses switched on one by one:
-OTM; OTM+BTM; OTM+BTM+CBS; all four ("full"). From the full variant's CAMs, IRN runs on: IR
+CAM net is trained once; each CLIMS variant starts from it. Sequentially, the losses switched on
+one by one: OTM; OTM+BTM; OTM+BTM+CBS; all four ("full"). Leave one out: all four but one
+(`no_otm`, `no_btm`, `no_cbs`, `no_reg`), each term's share being full minus the run without it
+(the sequential row of BTM has no REG to stop a mask from growing over the whole image, which
+leaves L_OTM and L_BTM both satisfied). From the full variant's CAMs, IRN runs on: IR
 labels, the boundary net, pseudo labels by the walk, then the same pseudo labels without the walk
 (`make_sem_seg.walk=false`: the CAMs straight to the background score and the CRF). The stages
 run as their real commands in a scratch folder per run that shares the rendered data and the
@@ -29,14 +33,14 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, apply_overrides, mean_std_worst, set_key, write_results
+from common import REPO, RESULTS, apply_overrides, mean_std_worst, set_key, write_results
 
+TERMS = ("otm", "btm", "cbs", "reg")
 LOSS_OFF = {"otm": {"btm": 0.0, "cbs": 0.0, "reg": 0.0}, "otm_btm": {"cbs": 0.0, "reg": 0.0}, "otm_btm_cbs": {"reg": 0.0}}
 VARIANTS = {
     **{name: {f"clims_loss.weights.{term}": 0.0 for term in off} for name, off in LOSS_OFF.items()},
     "full": {},
-    "no_cbs": {"clims_loss.weights.cbs": 0.0},
-    "no_btm": {"clims_loss.weights.btm": 0.0},
+    **{f"no_{term}": {f"clims_loss.weights.{term}": 0.0} for term in TERMS},
     "camera_ready": {"clims_loss": yaml.safe_load((REPO / "conf" / "clims_loss" / "camera_ready.yaml").read_text())},
 }
 DEFAULT_VARIANTS = ["otm", "otm_btm", "otm_btm_cbs", "full"]
@@ -85,8 +89,9 @@ def spread(values: list[float], lower_is_better: bool = False) -> str:
 
 
 def print_table(runs: dict, seeds: list[int], variants: list[str]) -> None:
-    rows = [("baseline", "cam"), *((v, "cam") for v in variants)]
-    if "full" in variants:
+    """The sequential rows (each paired with the row before), then each left-out term's share."""
+    rows = [("baseline", "cam"), *((v, "cam") for v in [*DEFAULT_VARIANTS, "camera_ready"] if v in variants)]
+    if "full" in variants and "walk" in runs[f"seed{seeds[0]}/full"]:
         rows += [("full", "no_walk"), ("full", "walk")]
     print("\n| row | mIoU | gain over the row before (paired) | context leak |\n|---|---|---|---|")
     previous = None
@@ -97,9 +102,36 @@ def print_table(runs: dict, seeds: list[int], variants: list[str]) -> None:
         if previous is not None:
             gain = spread([m - p for m, p in zip(miou, previous)])
         label = {"cam": f"{variant} CAM", "no_walk": "full: pseudo labels, no walk", "walk": "full: pseudo labels, IRN walk"}[kind]
-        leak = spread([r["context_leak"] for r in per_seed], lower_is_better=True) + " %" if "context_leak" in per_seed[0] else ""
-        print(f"| {label} | {spread(miou)} | {gain} | {leak} |")
+        print(f"| {label} | {spread(miou)} | {gain} | {leak(per_seed)} |")
         previous = miou
+    left_out = [term for term in TERMS if f"no_{term}" in variants]
+    if "full" not in variants or not left_out:
+        return
+    print("\n| left out | mIoU | the term's share: full minus this run (paired) | context leak |\n|---|---|---|---|")
+    full = [runs[f"seed{s}/full"]["cam"]["miou"] for s in seeds]
+    for term in left_out:
+        per_seed = [runs[f"seed{s}/no_{term}"]["cam"] for s in seeds]
+        miou = [r["miou"] for r in per_seed]
+        share = spread([f - m for f, m in zip(full, miou)])
+        print(f"| L_{term.upper()} | {spread(miou)} | {share} | {leak(per_seed)} |")
+
+
+def leak(per_seed: list[dict]) -> str:
+    if "context_leak" not in per_seed[0]:
+        return ""
+    return spread([r["context_leak"] for r in per_seed], lower_is_better=True) + " %"
+
+
+def reprint(name: str) -> None:
+    """The tables of benchmarks/results/<name>.json, from the seeds and variants it holds."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist")
+    # the oldest files hold each run's CAM figures at the top level
+    runs = {key: run if "cam" in run else {"cam": run} for key, run in json.loads(path.read_text())["runs"].items()}
+    seeds = sorted({int(key.split("/")[0].removeprefix("seed")) for key in runs})
+    variants = [v for v in VARIANTS if all(f"seed{s}/{v}" in runs for s in seeds)]
+    print_table(runs, seeds, variants)
 
 
 def main() -> None:
@@ -109,7 +141,10 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=REPO, help="the repository whose data and CLIP the runs share")
     parser.add_argument("--out", default="ablation", help="results name: benchmarks/results/<out>.json")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), applied to every run")
+    parser.add_argument("--reprint", action="store_true", help="print the tables of benchmarks/results/<out>.json; run nothing")
     args = parser.parse_args()
+    if args.reprint:
+        return reprint(args.out)
     source = args.source.resolve()
     for path in SHARED:
         if not (source / path).exists():

@@ -1,0 +1,28 @@
+"""benchmarks/ablation.py's tables: the sequential gains and the leave-one-out shares, paired per seed."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from ablation import print_table  # noqa: E402
+
+
+def _cam(miou: float, leak: float) -> dict:
+    return {"cam": {"miou": miou, "context_leak": leak}}
+
+
+def test_leave_one_out_share_is_full_minus_the_run_without_the_term(capsys):
+    runs = {
+        "seed0/baseline": _cam(40.0, 30.0), "seed1/baseline": _cam(44.0, 28.0),
+        "seed0/full": _cam(60.0, 10.0), "seed1/full": _cam(62.0, 6.0),
+        "seed0/no_btm": _cam(58.0, 8.0), "seed1/no_btm": _cam(61.0, 5.0),
+    }
+    print_table(runs, [0, 1], ["full", "no_btm"])
+    lines = capsys.readouterr().out.splitlines()
+    # full over baseline: +20 and +18, paired; population std 1.0, worst +18
+    assert "| full CAM | 61.0 ± 1.0 (worst 60.0) | 19.0 ± 1.0 (worst 18.0) | 8.0 ± 2.0 (worst 10.0) % |" in lines
+    # BTM's share: 60 - 58 and 62 - 61
+    assert "| L_BTM | 59.5 ± 1.5 (worst 58.0) | 1.5 ± 0.5 (worst 1.0) | 6.5 ± 1.5 (worst 8.0) % |" in lines
+    assert not any(line.startswith("| no_btm CAM") for line in lines)  # not a row of the sequence
+

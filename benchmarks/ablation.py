@@ -8,8 +8,8 @@ For every seed (of the baseline's and CLIMS's training, and of the boundary net'
 CAM net is trained once; each CLIMS variant starts from it. Sequentially, the losses switched on
 one by one: OTM; OTM+BTM; OTM+BTM+CBS; all four ("full"). Leave one out: all four but one
 (`no_otm`, `no_btm`, `no_cbs`, `no_reg`), each term's share being full minus the run without it
-(the sequential row of BTM has no REG to stop a mask from growing over the whole image, which
-leaves L_OTM and L_BTM both satisfied). From the full variant's CAMs, IRN runs on: IR
+(in the sequence L_BTM comes before L_CBS and L_REG, the terms that hold a mask off the context
+and the rest of the image, so its row shows its pull into the context along with its coverage). From the full variant's CAMs, IRN runs on: IR
 labels, the boundary net, pseudo labels by the walk, then the same pseudo labels without the walk
 (`make_sem_seg.walk=false`: the CAMs straight to the background score and the CRF). The stages
 run as their real commands in a scratch folder per run that shares the rendered data and the

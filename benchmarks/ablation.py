@@ -9,16 +9,18 @@ CAM net is trained once; each CLIMS variant starts from it. Sequentially, the lo
 one by one: OTM; OTM+BTM; OTM+BTM+CBS; all four ("full"). Leave one out: all four but one
 (`no_otm`, `no_btm`, `no_cbs`, `no_reg`), each term's share being full minus the run without it
 (in the sequence L_BTM comes before L_CBS and L_REG, the terms that hold a mask off the context
-and the rest of the image, so its row shows its pull into the context along with its coverage). From the full variant's CAMs, IRN runs on: IR
-labels, the boundary net, pseudo labels by the walk, then the same pseudo labels without the walk
-(`make_sem_seg.walk=false`: the CAMs straight to the background score and the CRF). The stages
+and the rest of the image, so its row shows its pull into the context along with its coverage).
+From the full variant's CAMs, IRN runs on: IR labels, the boundary net, pseudo labels by the
+walk, then the same pseudo labels without the walk (`make_sem_seg.walk=false`: the CAMs straight
+to the background score and the CRF). The stages
 run as their real commands in a scratch folder per run that shares the rendered data and the
 CLIP of `--source` (default: this repository; run `dvc repro prepare_clip` there first); the
 folders stay in a temporary directory, named at the start.
 
-Writes benchmarks/results/<out>.json (every run's figures) and prints the table: CAM mIoU at
-each net's best background threshold, the paired gain of each row over the row before it,
-context leak, pseudo-label mIoU; mean ± std and worst over the seeds.
+Writes benchmarks/results/<out>.json (every run's figures) and prints the tables: CAM mIoU at
+each net's best background threshold, the paired gain of each row over the row before it (and
+each left-out term's paired share), context leak, pseudo-label mIoU; mean ± std and worst over
+the seeds.
 """
 from __future__ import annotations
 

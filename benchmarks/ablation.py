@@ -12,10 +12,10 @@ one by one: OTM; OTM+BTM; OTM+BTM+CBS; all four ("full"). Leave one out: all fou
 and the rest of the image, so its row shows its pull into the context along with its coverage).
 From the full variant's CAMs, IRN runs on: IR labels, the boundary net, pseudo labels by the
 walk, then the same pseudo labels without the walk (`make_sem_seg.walk=false`: the CAMs straight
-to the background score and the CRF). The stages
-run as their real commands in a scratch folder per run that shares the rendered data and the
-CLIP of `--source` (default: this repository; run `dvc repro prepare_clip` there first); the
-folders stay in a temporary directory, named at the start.
+to the background score and the CRF). The stages run as their real commands in a scratch folder
+per run that shares the rendered data and the CLIP of `--source` (default: this repository; run
+`dvc repro prepare_clip` there first); the folders stay in a temporary directory, named at the
+start.
 
 Writes benchmarks/results/<out>.json (every run's figures) and prints the tables: CAM mIoU at
 each net's best background threshold, the paired gain of each row over the row before it (and

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, RESULTS, apply_overrides, mean_std_worst, set_key, write_results
+from common import REPO, RESULTS, apply_overrides, mean_std_worst, results_name, set_key, write_results
 
 TERMS = ("otm", "btm", "cbs", "reg")
 LOSS_OFF = {"otm": {"btm": 0.0, "cbs": 0.0, "reg": 0.0}, "otm_btm": {"cbs": 0.0, "reg": 0.0}, "otm_btm_cbs": {"reg": 0.0}}
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--source", type=Path, default=REPO, help="the repository whose data and CLIP the runs share")
-    parser.add_argument("--out", default="ablation", help="results name: benchmarks/results/<out>.json")
+    parser.add_argument("--out", type=results_name, default="ablation", help="results name: benchmarks/results/<out>.json")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), applied to every run")
     parser.add_argument("--reprint", action="store_true", help="print the tables of benchmarks/results/<out>.json; run nothing")
     args = parser.parse_args()

@@ -1,6 +1,7 @@
 """What the benchmark scripts share: where results go and how they are shown."""
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
@@ -9,6 +10,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def results_name(name: str) -> str:
+    """An argparse type for --out: a bare name, so that results land in benchmarks/results/."""
+    if not name or Path(name).name != name or name.endswith(".json"):
+        raise argparse.ArgumentTypeError(f"{name!r}: give a bare name; results go to benchmarks/results/<name>.json")
+    return name
 
 
 def write_results(name: str, report: dict, quiet: bool = False) -> Path:

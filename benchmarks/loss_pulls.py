@@ -1,9 +1,10 @@
 """What each CLIMS term asks of a mask on a given CLIP, before any net is trained.
 
-    python benchmarks/loss_pulls.py [--source DIR] [--scenes 300] [--out loss_pulls]
+    python benchmarks/loss_pulls.py [--source DIR] [--scenes 300] [--out loss_pulls] [-S key=value ...]
 
 DIR is a folder where `prepare_clip` ran on the synthetic world (default: this repository); its
-CLIP, params and metrics/clip.json (for tau) are read. On held-out renders, for every scene and
+CLIP, params and metrics/clip.json (for tau) are read; `-S` changes those params first (e.g.
+`-S clims_loss.weights.cbs=2`: the same landscape under another weight). On held-out renders, for every scene and
 class whose context shows (>= 8 pixels), four masks P of that class are scored by the CLIMS
 loss exactly as training scores a pair (pipeline.cam.losses, the params' weights, score and tau):
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, write_results
+from common import REPO, apply_overrides, results_name, write_results
 
 sys.path.insert(0, str(REPO))
 from pipeline import layout  # noqa: E402
@@ -39,7 +40,7 @@ from pipeline.clip.model import load_clip  # noqa: E402
 from pipeline.clip.views import ScenePool, render_pool  # noqa: E402
 from pipeline.data.prepare import world_spec  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
+from pipeline.params import load_params, validate  # noqa: E402
 
 MASKS = ("exact", "context", "half", "box")
 VARIANTS = {"otm": ("otm",), "otm_btm": ("otm", "btm"), "otm_btm_cbs": ("otm", "btm", "cbs"), "full": ("otm", "btm", "cbs", "reg")}
@@ -108,10 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=REPO, help="a folder where prepare_clip ran")
     parser.add_argument("--scenes", type=int, default=300, help="held-out renders (prepare_clip's eval pool)")
-    parser.add_argument("--out", default="loss_pulls", help="results name: benchmarks/results/<out>.json")
+    parser.add_argument("--out", type=results_name, default="loss_pulls", help="results name: benchmarks/results/<out>.json")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value) applied to the params")
     args = parser.parse_args()
     source = args.source.resolve()
     params = load_params(source / "params.yaml")
+    if args.overrides:
+        params = validate(apply_overrides(params.model_dump(), args.overrides), f"{source / 'params.yaml'} with -S")
     if params.dataset.name != "synthetic" or params.clip.source != "tiny":
         raise SystemExit(f"{source / 'params.yaml'}: loss_pulls needs the synthetic world and its tiny CLIP")
     clip, texts = load_clip(source / layout.CLIP_DIR)
@@ -125,7 +129,7 @@ def main() -> None:
     images = pool.images[scenes].float() / 255.0
     per_mask = {name: pair_terms(loss_fn, images, classes, masks[:, m], len(spec.classes)) for m, name in enumerate(MASKS)}
 
-    report = {"source": str(source), "tau": tau, "pairs": len(classes), "weights": weights.model_dump(), "scores": {}, "variants": {}}
+    report = {"source": str(source), "overrides": args.overrides, "tau": tau, "pairs": len(classes), "weights": weights.model_dump(), "scores": {}, "variants": {}}
     for name, terms in per_mask.items():
         report["scores"][name] = {key: float(terms[key].mean()) for key in ("s_fg", "s_bg", "otm", "btm", "cbs", "reg")}
     print(f"{len(classes)} (scene, class) pairs of {args.scenes} held-out renders; tau {tau:.3f}")

@@ -31,7 +31,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import REPO, RESULTS, apply_overrides, write_results  # noqa: E402
+from common import REPO, RESULTS, apply_overrides, results_name, write_results  # noqa: E402
 from stand_ins import overrides, write_voc_tree, write_weights  # noqa: E402
 
 TRAINED = ("train_cam", "train_clims", "train_irn", "train_seg")
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value): a quick check")
-    parser.add_argument("--out", help="results name (default real_scale_<device>)")
+    parser.add_argument("--out", type=results_name, help="results name (default real_scale_<device>)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

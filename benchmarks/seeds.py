@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, RESULTS, apply_overrides, mean_std_worst, set_key, write_results
+from common import REPO, RESULTS, apply_overrides, mean_std_worst, results_name, set_key, write_results
 from pipeline_wall import clone_env, stage_seconds, timed_run
 
 sys.path.insert(0, str(REPO))
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--vary", choices=list(SEED_KEYS), default="all")
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first run (0: the committed default)")
     parser.add_argument("--workdir", type=Path, help="where to clone (default: a new temporary folder)")
-    parser.add_argument("--out", default="seeds", help="results name: benchmarks/results/<out>.json")
+    parser.add_argument("--out", type=results_name, default="seeds", help="results name: benchmarks/results/<out>.json")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), every run")
     args = parser.parse_args()
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import REPO, write_results
+from common import REPO, results_name, write_results
 
 sys.path.insert(0, str(REPO))
 from pipeline import layout  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--radius", type=int, nargs="+", default=None, help="walk radii (default: make_sem_seg.radius)")
     parser.add_argument("--boundaries", nargs="+", default=["none", "net", "ir", "oracle"], choices=["none", "net", "ir", "oracle"])
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--out", default="walk_diagnosis")
+    parser.add_argument("--out", type=results_name, default="walk_diagnosis")
     args = parser.parse_args()
     source = args.source.resolve()
     os.chdir(source)

@@ -1,6 +1,7 @@
 """benchmarks/ablation.py's tables: the sequential gains and the leave-one-out shares, paired per seed."""
 from __future__ import annotations
 
+import subprocess
 import sys
 
 from conftest import REPO
@@ -27,3 +28,12 @@ def test_leave_one_out_share_is_full_minus_the_run_without_the_term(capsys):
     assert "| L_BTM | 59.5 ± 1.5 (worst 58.0) | 1.5 ± 0.5 (worst 1.0) | 6.5 ± 1.5 (worst 8.0) % |" in lines
     assert not any(line.startswith("| no_btm CAM") for line in lines)  # not a row of the sequence
 
+
+
+def test_a_results_name_with_a_path_stops_before_anything_runs():
+    # a path for --out would write outside benchmarks/results (or fail after an hour of runs)
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ablation.py"), "--out", "/tmp/ablation"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "'/tmp/ablation': give a bare name; results go to benchmarks/results/<name>.json" in result.stderr
+    assert "run folders" not in result.stdout

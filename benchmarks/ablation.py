@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from common import REPO, RESULTS, apply_overrides, mean_std_worst, results_name, set_key, write_results
+from leak_by_class import context_leak_by_class
 
 TERMS = ("otm", "btm", "cbs", "reg")
 LOSS_OFF = {"otm": {"btm": 0.0, "cbs": 0.0, "reg": 0.0}, "otm_btm": {"cbs": 0.0, "reg": 0.0}, "otm_btm_cbs": {"reg": 0.0}}
@@ -73,6 +74,11 @@ def workspace(root: Path, name: str, params: dict, source: Path) -> Path:
 def figures(folder: Path, record: str) -> dict:
     data = json.loads((folder / "metrics" / f"{record}.json").read_text())
     return {k: data[k] for k in ("miou", "best_threshold", "context_leak", "mask_miou") if k in data}
+
+
+def cam_figures(folder: Path, cams: str) -> dict:
+    """eval_cam's figures and each class's context leak (the mean hides which class takes its context)."""
+    return {**figures(folder, f"cam_{cams}"), "context_leak_by_class": context_leak_by_class(folder, cams)}
 
 
 def pseudo_labels(folder: Path, params: dict, walk: bool) -> dict:
@@ -165,7 +171,7 @@ def main() -> None:
         folder = workspace(root, f"{name}-baseline", params, source)
         for step in (("train_cam",), ("make_cam", "baseline"), ("eval_cam", "baseline")):
             stage(folder, *step)
-        runs[f"{name}/baseline"] = {"cam": figures(folder, "cam_baseline")}
+        runs[f"{name}/baseline"] = {"cam": cam_figures(folder, "baseline")}
         print(name, "baseline", runs[f"{name}/baseline"], flush=True)
         for variant in args.variants:
             changed = json.loads(json.dumps(params))
@@ -175,7 +181,7 @@ def main() -> None:
             (run / "artifacts" / "net_baseline").symlink_to(folder / "artifacts" / "net_baseline")
             for step in (("train_clims",), ("make_cam", "clims"), ("eval_cam", "clims")):
                 stage(run, *step)
-            runs[f"{name}/{variant}"] = {"cam": figures(run, "cam_clims")}
+            runs[f"{name}/{variant}"] = {"cam": cam_figures(run, "clims")}
             if variant == "full":
                 for step in (("make_ir_label",), ("train_irn",)):
                     stage(run, *step)

@@ -16,7 +16,9 @@ loss exactly as training scores a pair (pipeline.cam.losses, the params' weights
   tells whether the background view gives the class away by the context or by the hole's shape).
 
 For each ablation variant (otm, otm_btm, otm_btm_cbs, full) it prints the mean loss per pair at
-each mask and the share of pairs for which the exact mask costs less than every other. A
+each mask and the share of pairs for which the exact mask costs less than every other; then, per
+class, the background view's score and each term's pull into the context (the mean over classes
+hides a class whose context gives it away). A
 variant whose loss is lower with the context than without pulls P into the context; L_BTM earns
 its place only where it makes the half mask dearer than the exact one by more than it makes the
 exact mask dearer than the context one.
@@ -105,6 +107,26 @@ def pair_terms(loss_fn, images: torch.Tensor, class_ids: torch.Tensor, masks: to
     }
 
 
+def by_class(per_mask: dict, classes: torch.Tensor, weights, names: list[str]) -> dict:
+    """Per class: what its background view gives away and what each term asks of its masks."""
+    total = {m: sum(getattr(weights, t) * per_mask[m][t] for t in VARIANTS["full"]) for m in ("exact", "context")}
+    rows = {}
+    for c, name in enumerate(names, start=1):
+        k = classes == c
+        if not k.any():
+            continue
+        mean = lambda x: float(x[k].mean())  # noqa: E731
+        rows[name] = {
+            "pairs": int(k.sum()),
+            "s_bg_exact": mean(per_mask["exact"]["s_bg"]), "s_bg_box": mean(per_mask["box"]["s_bg"]),
+            "btm_pull": weights.btm * mean(per_mask["exact"]["btm"] - per_mask["context"]["btm"]),
+            "otm_pull": weights.otm * mean(per_mask["exact"]["otm"] - per_mask["context"]["otm"]),
+            "cbs_on_context": weights.cbs * mean(per_mask["context"]["cbs"]),
+            "exact": mean(total["exact"]), "context": mean(total["context"]),
+        }
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=REPO, help="a folder where prepare_clip ran")
@@ -142,6 +164,13 @@ def main() -> None:
         cheapest = float((totals.argmin(0) == 0).float().mean())
         report["variants"][variant] = {**{m: float(totals[i].mean()) for i, m in enumerate(MASKS)}, "exact_cheapest": cheapest}
         print(f"{variant:12}" + "".join(f"{float(t.mean()):9.3f}" for t in totals) + f"  {cheapest:6.1%}")
+    report["by_class"] = by_class(per_mask, classes, weights, [c.name for c in params.dataset.classes])
+    print(f"\nby class (all four terms; a pull is the loss the exact mask pays over the context-grown one)")
+    print(f"{'class':7} {'pairs':>5} {'s(bg) exact':>11} {'s(bg) box':>9} {'L_BTM pull':>10} {'L_OTM pull':>10} "
+          f"{'L_CBS on ctx':>12} {'exact':>6} {'context':>7}")
+    for name, row in report["by_class"].items():
+        print(f"{name:7} {row['pairs']:5d} {row['s_bg_exact']:11.3f} {row['s_bg_box']:9.3f} {row['btm_pull']:10.2f} "
+              f"{row['otm_pull']:10.2f} {row['cbs_on_context']:12.2f} {row['exact']:6.2f} {row['context']:7.2f}")
     out = write_results(args.out, report, quiet=True)
     print(f"\n{out.relative_to(REPO)}")
 

@@ -54,6 +54,18 @@ def test_repro_then_metrics_then_nothing_to_do(reproduced):
     assert "didn't change" in _run(["dvc", "repro"], root, env) or "up to date" in _run(["dvc", "status"], root, env)
 
 
+def test_the_context_leak_by_class_averages_to_eval_cams_leak(reproduced):
+    root, _ = reproduced
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from leak_by_class import context_leak_by_class
+
+    for cams in ("baseline", "clims"):
+        by_class = context_leak_by_class(root, cams)
+        assert by_class and set(by_class) <= {"boat", "train", "plane", "car", "cow", "bird"}
+        leak = json.loads((root / "metrics" / f"cam_{cams}.json").read_text())["context_leak"]
+        assert sum(by_class.values()) / len(by_class) == pytest.approx(leak)
+
+
 def test_prepare_data_writes_manifests_that_match_the_masks(reproduced):
     root, _ = reproduced
     for split, count in (("train", 8), ("train_eval", 8), ("val", 4)):

@@ -4,9 +4,10 @@
 
 DIR is a folder where `prepare_clip` ran on the synthetic world (default: this repository); its
 CLIP, params and metrics/clip.json (for tau) are read; `-S` changes those params first (e.g.
-`-S clims_loss.weights.cbs=2`: the same landscape under another weight). On held-out renders, for every scene and
-class whose context shows (>= 8 pixels), four masks P of that class are scored by the CLIMS
-loss exactly as training scores a pair (pipeline.cam.losses, the params' weights, score and tau):
+`-S clims_loss.weights.cbs=2`: the same landscape under another weight). On held-out renders,
+for every scene and class whose context shows (>= 8 pixels), four masks P of that class are
+scored by the CLIMS loss exactly as training scores a pair (pipeline.cam.losses, the params'
+weights, score and tau):
 
 - exact: the class's objects, pixel for pixel (the mask every term should prefer);
 - context: the exact mask grown over the class's context background (the failure L_CBS exists for);
@@ -18,10 +19,9 @@ loss exactly as training scores a pair (pipeline.cam.losses, the params' weights
 For each ablation variant (otm, otm_btm, otm_btm_cbs, full) it prints the mean loss per pair at
 each mask and the share of pairs for which the exact mask costs less than every other; then, per
 class, the background view's score and each term's pull into the context (the mean over classes
-hides a class whose context gives it away). A
-variant whose loss is lower with the context than without pulls P into the context; L_BTM earns
-its place only where it makes the half mask dearer than the exact one by more than it makes the
-exact mask dearer than the context one.
+hides a class whose context gives it away). A variant whose loss is lower with the context than
+without pulls P into the context; L_BTM earns its place only where it makes the half mask dearer
+than the exact one by more than it makes the exact mask dearer than the context one.
 """
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def main() -> None:
         report["variants"][variant] = {**{m: float(totals[i].mean()) for i, m in enumerate(MASKS)}, "exact_cheapest": cheapest}
         print(f"{variant:12}" + "".join(f"{float(t.mean()):9.3f}" for t in totals) + f"  {cheapest:6.1%}")
     report["by_class"] = by_class(per_mask, classes, weights, [c.name for c in params.dataset.classes])
-    print(f"\nby class (all four terms; a pull is the loss the exact mask pays over the context-grown one)")
+    print("\nby class (all four terms; a pull is the loss the exact mask pays over the context-grown one)")
     print(f"{'class':7} {'pairs':>5} {'s(bg) exact':>11} {'s(bg) box':>9} {'L_BTM pull':>10} {'L_OTM pull':>10} "
           f"{'L_CBS on ctx':>12} {'exact':>6} {'context':>7}")
     for name, row in report["by_class"].items():

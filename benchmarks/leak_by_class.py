@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from contextlib import contextmanager
+from contextlib import chdir
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +26,10 @@ from pipeline.params import load_params  # noqa: E402
 from pipeline.scoring import context_ids, threshold_totals, with_ground_truth  # noqa: E402
 
 
-@contextmanager
-def inside(folder: Path):
-    """The pipeline's paths are relative to the run folder it works in."""
-    before = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
 def context_leak_by_class(folder: Path, cams: str = "clims") -> dict[str, float]:
     """{class name: % of its context pixels given to it} at eval_cam's best threshold for `cams`
     ({} outside the synthetic world: no context map)."""
-    with inside(folder):
+    with chdir(folder):  # the pipeline's paths are relative to the run folder
         params = load_params()
         contexts = context_ids(params.dataset)
         if contexts is None:

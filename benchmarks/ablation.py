@@ -1,7 +1,7 @@
 """The paper's ablation over seeds: which CLIMS term earns what, and what IRN's walk adds.
 
     python benchmarks/ablation.py [--seeds 0 1 2] [--variants otm otm_btm otm_btm_cbs full no_btm ...]
-                                  [--source DIR] [--out ablation] [-S key=value ...]
+                                  [--source DIR] [--baselines RUNS] [--out ablation] [-S key=value ...]
     python benchmarks/ablation.py --reprint --out NAME     # the tables of a results file, nothing run
 
 For every seed (of the baseline's and CLIMS's training, and of the boundary net's) the baseline
@@ -15,7 +15,8 @@ walk, then the same pseudo labels without the walk (`make_sem_seg.walk=false`: t
 to the background score and the CRF). The stages run as their real commands in a scratch folder
 per run that shares the rendered data and the CLIP of `--source` (default: this repository; run
 `dvc repro prepare_clip` there first); the folders stay in a temporary directory, named at the
-start.
+start. `--baselines RUNS` takes each seed's baseline net and CAMs from the kept folders of an
+earlier run (its `seed<N>-baseline`, trained with the same params) instead of training it again.
 
 Writes benchmarks/results/<out>.json (every run's figures) and prints the tables: CAM mIoU at
 each net's best background threshold, the paired gain of each row over the row before it (and
@@ -79,6 +80,21 @@ def figures(folder: Path, record: str) -> dict:
 def cam_figures(folder: Path, cams: str) -> dict:
     """eval_cam's figures and each class's context leak (the mean hides which class takes its context)."""
     return {**figures(folder, f"cam_{cams}"), "context_leak_by_class": context_leak_by_class(folder, cams)}
+
+
+def earlier_baseline(folder: Path, params: dict) -> Path:
+    """An earlier run's baseline folder, checked to be what this run would train (its run
+    folders differ only in where Ray keeps checkpoints)."""
+    if not (folder / "metrics" / "cam_baseline.json").is_file():
+        raise SystemExit(f"{folder}: no finished baseline there (metrics/cam_baseline.json is missing)")
+    earlier = yaml.safe_load((folder / "params.yaml").read_text())
+    ours = json.loads(json.dumps(params))
+    for tree in (earlier, ours):
+        tree["distributed"].pop("storage", None)
+    differing = sorted(key for key in ours.keys() | earlier.keys() if ours.get(key) != earlier.get(key))
+    if differing:
+        raise SystemExit(f"{folder}/params.yaml: its baseline was trained with other params ({', '.join(differing)})")
+    return folder
 
 
 def pseudo_labels(folder: Path, params: dict, walk: bool) -> dict:
@@ -147,6 +163,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--source", type=Path, default=REPO, help="the repository whose data and CLIP the runs share")
+    parser.add_argument("--baselines", type=Path, help="an earlier run's folder: reuse its seeds' baseline nets and CAMs")
     parser.add_argument("--out", type=results_name, default="ablation", help="results name: benchmarks/results/<out>.json")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), applied to every run")
     parser.add_argument("--reprint", action="store_true", help="print the tables of benchmarks/results/<out>.json; run nothing")
@@ -168,9 +185,12 @@ def main() -> None:
             set_key(params, key, seed)
         params["distributed"]["storage"] = str(root / "ray")
         name = f"seed{seed}"
-        folder = workspace(root, f"{name}-baseline", params, source)
-        for step in (("train_cam",), ("make_cam", "baseline"), ("eval_cam", "baseline")):
-            stage(folder, *step)
+        if args.baselines:
+            folder = earlier_baseline(args.baselines / f"{name}-baseline", params)
+        else:
+            folder = workspace(root, f"{name}-baseline", params, source)
+            for step in (("train_cam",), ("make_cam", "baseline"), ("eval_cam", "baseline")):
+                stage(folder, *step)
         runs[f"{name}/baseline"] = {"cam": cam_figures(folder, "baseline")}
         print(name, "baseline", runs[f"{name}/baseline"], flush=True)
         for variant in args.variants:

@@ -4,10 +4,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+import yaml
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from ablation import print_table  # noqa: E402
+from ablation import earlier_baseline, print_table  # noqa: E402
 
 
 def _cam(miou: float, leak: float) -> dict:
@@ -37,3 +40,17 @@ def test_a_results_name_with_a_path_stops_before_anything_runs():
     assert result.returncode == 2
     assert "'/tmp/ablation': give a bare name; results go to benchmarks/results/<name>.json" in result.stderr
     assert "run folders" not in result.stdout
+
+
+def test_an_earlier_baseline_is_reused_only_when_trained_with_the_same_params(tmp_path, base_params):
+    folder = tmp_path / "seed0-baseline"
+    (folder / "metrics").mkdir(parents=True)
+    earlier = {**base_params, "distributed": {**base_params["distributed"], "storage": "/elsewhere/ray"}}
+    (folder / "params.yaml").write_text(yaml.safe_dump(earlier))
+    with pytest.raises(SystemExit, match="metrics/cam_baseline.json is missing"):
+        earlier_baseline(folder, base_params)
+    (folder / "metrics" / "cam_baseline.json").write_text("{}")
+    assert earlier_baseline(folder, base_params) == folder  # where Ray kept its checkpoints does not matter
+    other_seed = {**base_params, "train_cam": {**base_params["train_cam"], "seed": 7}}
+    with pytest.raises(SystemExit, match=r"trained with other params \(train_cam\)"):
+        earlier_baseline(folder, other_seed)

@@ -175,6 +175,8 @@ def main() -> None:
         if not (source / path).exists():
             raise SystemExit(f"{source / path} is missing: run `dvc repro prepare_clip` there first")
     base = apply_overrides(yaml.safe_load((source / "params.yaml").read_text()), args.overrides)
+    # which CLIP the runs share: its training settings and its figures
+    clip = {"train": base["clip"]["train"], **json.loads((source / "metrics" / "clip.json").read_text())}
 
     runs: dict[str, dict] = {}
     root = Path(tempfile.mkdtemp(prefix="ablation_"))
@@ -208,7 +210,8 @@ def main() -> None:
                 runs[f"{name}/{variant}"]["walk"] = pseudo_labels(run, changed, walk=True)
                 runs[f"{name}/{variant}"]["no_walk"] = pseudo_labels(run, changed, walk=False)
             print(name, variant, runs[f"{name}/{variant}"], flush=True)
-            write_results(args.out, {"overrides": args.overrides, "seed_keys": SEED_KEYS, "runs": runs}, quiet=True)
+            write_results(args.out, {"source": str(source), "clip": clip, "overrides": args.overrides,
+                                     "seed_keys": SEED_KEYS, "runs": runs}, quiet=True)
 
     print_table(runs, args.seeds, args.variants)
     print(f"\nper-seed figures: benchmarks/results/{args.out}.json")

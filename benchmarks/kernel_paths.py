@@ -30,6 +30,9 @@ from pathlib import Path
 
 from common import REPO, results_name, write_results
 
+sys.path.insert(0, str(REPO))
+from pipeline.layout import git  # noqa: E402
+
 PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "2"}
 SETTINGS = {
     "default": {},
@@ -55,7 +58,6 @@ def fingerprint(steps: int) -> dict:
     import torch
     import yaml
 
-    sys.path.insert(0, str(REPO))
     from pipeline.clip.prepare import prepare_clip
     from pipeline.clip.model import WEIGHTS_FILE
     from pipeline.nets.cam_net import build_cam_net
@@ -86,9 +88,10 @@ def fingerprint(steps: int) -> dict:
 def code_version() -> dict:
     """What the fingerprints depend on: the committed pipeline/ and params.yaml (a comparison
     across machines holds only between equal versions)."""
-    git = lambda *args: subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    return {"pipeline_tree": git("rev-parse", "HEAD:pipeline"), "params_blob": git("rev-parse", "HEAD:params.yaml"),
-            "uncommitted_changes": bool(git("status", "--porcelain", "--", "pipeline", "params.yaml"))}
+    here = ("-C", str(REPO))
+    return {"pipeline_tree": git(*here, "rev-parse", "HEAD:pipeline").strip(),
+            "params_blob": git(*here, "rev-parse", "HEAD:params.yaml").strip(),
+            "uncommitted_changes": bool(git(*here, "status", "--porcelain", "--", "pipeline", "params.yaml").strip())}
 
 
 def cpu_model() -> str:
@@ -107,10 +110,10 @@ def main() -> None:
     if args.worker:
         return print(json.dumps(fingerprint(args.steps)))
     rows = {}
+    inherited = {k: v for k, v in os.environ.items() if k not in PORTABLE}  # each row runs with its own settings only
     for name, env in SETTINGS.items():
-        unset = {k: v for k, v in os.environ.items() if k not in PORTABLE}  # only the row's own settings
         result = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(args.steps)],
-                                env={**unset, **env}, capture_output=True, text=True)
+                                env={**inherited, **env}, capture_output=True, text=True)
         if result.returncode:
             raise SystemExit(f"{name}: the run failed:\n{result.stderr[-2000:]}")
         rows[name] = {"env": env, **json.loads(result.stdout.strip().splitlines()[-1])}

@@ -8,10 +8,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """The longest module first: under pytest-xdist (`-n 2 --dist loadfile`, pyproject.toml) it
+    starts at once on one worker while the other takes the rest."""
+    items.sort(key=lambda item: item.path.name != "test_dvc_pipeline.py")  # stable: file order kept otherwise
+
+
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory):
     """One SQLite store for the whole test session (creating one costs seconds)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mlflow_uri):
+    """The tiny project (tests/tiny_project.py): a copy of this working tree as its own git
+    repository, conf/ shrunk to a tiny world; one per test module."""
+    from tiny_project import tiny_project
+
+    root = tmp_path_factory.mktemp("project")
+    return root, tiny_project(root, {"MLFLOW_TRACKING_URI": mlflow_uri})
 
 
 @pytest.fixture

@@ -195,3 +195,18 @@ def test_cams_are_also_scored_at_the_papers_fixed_threshold(tmp_path):
     assert metrics["miou"] == max(at.values()) and at[0.15] != at[0.5]
     with pytest.raises(ValueError, match="fixed_threshold: 0.17 is not one of the swept thresholds"):
         EvalCam(thresholds=sweep, fixed_threshold=0.17, overlays=0)
+
+
+def test_cams_over_ray_tasks_equal_the_ones_made_in_process(tmp_path, ray_session):
+    """make_cam's images split over two Ray tasks give the CAM files one in-process pass gives."""
+    records = _four_scenes(tmp_path, seed=3)
+    save_cam_net(tmp_path / "net", cam_net(), SMALL, ["a", "b", "c"], "baseline", [])
+    dist = Distributed(num_workers=1, cpus_per_worker=1, use_gpu=False, max_failures=0, storage="unused")
+    for workers in (0, 2):
+        cfg = MakeCam(scales=[1.0, 0.5], batch_size=3, num_workers=workers)
+        assert make_cams(records, tmp_path / "net", tmp_path / f"cams{workers}", cfg, dist) == len(records)
+    for record in records:
+        here, there = (load_cam(cam_path(tmp_path / f"cams{w}", record.image_id)) for w in (0, 2))
+        assert sorted(here) == sorted(there)
+        for key in here:
+            np.testing.assert_allclose(there[key], here[key], rtol=0, atol=1e-6, err_msg=f"{record.image_id}: {key}")

@@ -22,14 +22,16 @@ SMALL = {
     },
     "backbone/small_resnet.yaml": {"widths": [8, 8, 16, 16]},
     "config.yaml": {
-        # two sweep trials at once on 2 CPUs; the stages train in their own processes (Ray Train's
-        # fits: tests/test_cam_ray.py, the sweep's trials below; Ray tasks: make_cam here)
+        # two sweep trials at once on 2 CPUs; the stages train and map their images in their own
+        # processes, without a Ray start (~13 s a stage): Ray Train's fits are tested in
+        # tests/test_cam_ray.py and by the sweep's trials below, the per-image stages' Ray tasks in
+        # tests/test_cam_maps.py (against the in-process path) and tests/test_cluster.py
         "distributed": {"cpus_per_worker": 1, "launcher": "local"},
         "train_cam": {"epochs": 1, "batch_size": 4},
         "train_clims": {"epochs": 1, "batch_size": 4},
-        "make_cam": {"scales": [1.0], "num_workers": 1},  # the Ray tasks' path; the other per-image
-        "make_ir_label": {"num_workers": 0},               # stages share it and run in-process here
-        "make_sem_seg": {"num_workers": 0},                # (a Ray start costs ~5 s a stage)
+        "make_cam": {"scales": [1.0], "num_workers": 0},
+        "make_ir_label": {"num_workers": 0},
+        "make_sem_seg": {"num_workers": 0},
         "eval_cam": {"overlays": 1},
         "train_irn": {"epochs": 1, "batch_size": 4, "radius": 4, "side_channels": 8},
         "eval_sem_seg": {"overlays": 1},

@@ -66,6 +66,22 @@ def test_clip_folder_round_trip(tmp_path, small_clip):
     assert loaded_texts["class_names"] == ["boat"] and not loaded.model.training
 
 
+def test_an_architecture_registered_at_run_time_leaves_no_file_and_stays_known(tmp_path, monkeypatch):
+    """The tiny CLIP's open_clip config is written to a temporary file for open_clip to read; the
+    file is gone afterwards, and the architecture still builds after another one is registered."""
+    import tempfile
+
+    import open_clip
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    wider = SMALL.model_copy(update={"embed_dim": 48})
+    clip_model.build_tiny("test-registry-a", SMALL)
+    clip_model.build_tiny("test-registry-b", wider)
+    assert list(tmp_path.iterdir()) == []
+    sizes = {name: open_clip.create_model(name, pretrained=None).text_projection.shape for name in ("test-registry-a", "test-registry-b")}
+    assert sizes == {"test-registry-a": (32, 32), "test-registry-b": (32, 48)}
+
+
 def test_pretrained_weights_from_a_local_file(tmp_path, small_clip):
     weights = tmp_path / "small.pt"
     torch.save(small_clip.model.state_dict(), weights)

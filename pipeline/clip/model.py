@@ -44,12 +44,15 @@ def tiny_open_clip_config(arch) -> dict:
 
 
 def register_config(name: str, config: dict) -> None:
-    """Make an architecture known to open_clip at run time (its public add_model_config API)."""
+    """Make an architecture known to open_clip at run time (its public add_model_config API).
+    open_clip reads the file into its registry at once and keeps entries whose file is gone, so
+    the file does not outlive the call (one folder per process was left in the temp dir)."""
     import open_clip
 
-    folder = Path(tempfile.mkdtemp(prefix="open_clip_cfg_"))
-    (folder / f"{name}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(folder / f"{name}.json")
+    with tempfile.TemporaryDirectory(prefix="open_clip_cfg_") as folder:
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
 
 
 @dataclass

@@ -6,6 +6,7 @@ where a number belongs stops a stage with one line naming the key, before anythi
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
@@ -226,9 +227,11 @@ class Distributed(Section):
     storage: str  # the checkpoints (pipeline.storage): a folder, relative ones from the repo, or a URI (s3://...)
     # bf16: autocast + channels_last for training and inference (pipeline.precision); fp32 as written
     precision: Literal["fp32", "bf16"] = "fp32"
-    # local: a training stage runs in its own process without Ray (one worker; checkpoints and
-    # resumption in `storage` as Ray's): GPU measurements, machines without Ray, quick checks
-    launcher: Literal["ray", "local"] = "ray"
+    # where a training stage runs its epochs: ray (Ray Train workers), local (the stage's own
+    # process, one worker; checkpoints and resumption in `storage` as Ray's; the same net bit for
+    # bit) or auto: local for one worker outside a cluster, where Ray Train's start (~13 s a fit on
+    # 2 CPUs) buys nothing, else ray
+    launcher: Literal["auto", "ray", "local"] = "auto"
     # training keeps only the backbone's block outputs and the frozen CLIP's layer inputs and
     # recomputes the rest in the backward pass: the same gradients, much less memory, about a
     # third more forward compute (benchmarks/real_scale.py measures both)
@@ -239,6 +242,13 @@ class Distributed(Section):
         if self.launcher == "local" and self.num_workers != 1:
             raise ValueError(f"launcher local trains in one process: num_workers must be 1, not {self.num_workers}")
         return self
+
+    def trains_in_process(self) -> bool:
+        """Whether training runs in the stage's own process: `local`, or `auto` with one worker and
+        no cluster to join ($RAY_ADDRESS)."""
+        if self.launcher == "auto":
+            return self.num_workers == 1 and not os.environ.get("RAY_ADDRESS")
+        return self.launcher == "local"
 
 
 class Training(Section):

@@ -4,7 +4,7 @@ in the stage's own process.
 `train_epoch` is a plain function (tests and GPU benchmarks call it directly). `worker_loop`
 runs the epochs on Ray Train workers: DDP, a per-epoch report with a checkpoint from rank 0, and
 the resumption from the last checkpoint after a lost worker. With `distributed.launcher: local`
-the same epochs run in the calling process, checkpointed into `distributed.storage` under the
+(and `auto` for one worker outside a cluster) the same epochs run in the calling process, checkpointed into `distributed.storage` under the
 run's name and resumed from there. A stage supplies a `setup` function that builds its net,
 step, optimiser and dataset from a `TrainJob`: the validated params and the paths the run reads,
 one typed object that travels to the workers as it is.
@@ -280,13 +280,14 @@ def run_name(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path]
 
 
 def fit_final_state(train_fn: Callable[[dict], None], job: TrainJob, inputs: list[Path], name: str | None = None) -> dict:
-    """Run `train_fn` (under `name`, else `run_name`) on Ray Train or, with `distributed.launcher:
-    local`, in this process; return the last checkpoint's state (model, history, ...)."""
+    """Run `train_fn` (under `name`, else `run_name`) on Ray Train or in this process
+    (`Distributed.trains_in_process`); return the last checkpoint's state (model, history, ...)."""
     from pipeline.distributed import fit
 
     dist = job.params.distributed
     name = name or run_name(train_fn, job, inputs)
-    if dist.launcher == "local":
+    if dist.trains_in_process():
+        print(f"{job.section}: training in this process, without Ray (distributed.launcher: {dist.launcher})", flush=True)
         run = join(storage_path(dist.storage), name)
         train_fn({"job": job, "local_run": run})
         return StateFile(join(run, STATE_FILE)).load()

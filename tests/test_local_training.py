@@ -101,6 +101,20 @@ def test_local_training_is_one_worker(base_params):
         validate(base_params)
 
 
+def test_auto_trains_in_process_only_for_one_worker_outside_a_cluster(base_params, monkeypatch):
+    def in_process(**distributed) -> bool:
+        base_params["distributed"].update(distributed)
+        return validate(base_params).distributed.trains_in_process()
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert in_process(launcher="auto", num_workers=1)
+    assert not in_process(launcher="auto", num_workers=2)  # DDP needs Ray Train
+    assert not in_process(launcher="ray", num_workers=1)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert not in_process(launcher="auto", num_workers=1)  # a cluster's GPUs and nodes are Ray's
+    assert in_process(launcher="local", num_workers=1)
+
+
 def test_the_epoch_log_keeps_its_sums_on_the_device_until_read():
     log = train_loop.EpochLog()
     for value, n in ((0.5, 4), (0.25, 2)):

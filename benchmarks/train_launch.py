@@ -1,0 +1,78 @@
+"""A training stage's wall time under each launcher, side by side: what Ray Train's start costs.
+
+    python benchmarks/train_launch.py [--epochs 1] [--repeats 2] [--keep]
+
+In one fresh clone of HEAD (its data rendered once), runs `stages/train_cam.py` of the synthetic
+default in a new process, alternately with `distributed.launcher` ray and local, `--repeats`
+times each, `train_cam.epochs` lowered to `--epochs`: each process timed as `dvc repro` sees a
+stage (start-up, imports, Ray's start and its workers, the training, MLflow). Reports each run's
+seconds, the mean of ray minus local (the fixed cost a one-worker run pays for Ray Train), and
+whether every run trained the same weights. The default trains 4 nets (train_cam, train_clims,
+train_irn, train_seg). Writes benchmarks/results/train_launch_<cpus>cpu.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from common import REPO, apply_overrides, write_results
+from pipeline_wall import clone_env
+
+WEIGHTS = Path("artifacts/net_baseline/weights.pt")
+
+
+def run_stage(script: str, clone: Path, env: dict) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, script], cwd=clone, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{script} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the clone afterwards")
+    args = parser.parse_args()
+    clone = Path(tempfile.mkdtemp(prefix="clims-launch-")) / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+    env = clone_env(clone)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    apply_overrides(params, [f"train_cam.epochs={args.epochs}"])
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stage("stages/prepare_data.py", clone, env)
+
+    seconds: dict[str, list[float]] = {"ray": [], "local": []}
+    first, same = None, True
+    for _ in range(args.repeats):
+        for launcher in seconds:
+            apply_overrides(params, [f"distributed.launcher={launcher}"])
+            (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            seconds[launcher].append(round(run_stage("stages/train_cam.py", clone, env), 1))
+            weights = torch.load(clone / WEIGHTS, map_location="cpu", weights_only=True)
+            first = first or weights
+            same = same and first.keys() == weights.keys() and all(torch.equal(first[k], weights[k]) for k in first)
+            print(f"{launcher}: {seconds[launcher][-1]} s", flush=True)
+    ray, local = statistics.mean(seconds["ray"]), statistics.mean(seconds["local"])
+    report = {"commit": commit, "cpus": os.cpu_count(), "stage": "train_cam", "epochs": args.epochs,
+              "seconds": seconds, "ray_minus_local_seconds": round(ray - local, 1),
+              "ray_over_local": round(ray / local, 2), "same_weights": same}
+    write_results(f"train_launch_{os.cpu_count()}cpu", report)
+    if not args.keep:
+        shutil.rmtree(clone.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,10 +5,11 @@
 In one fresh clone of HEAD (its data rendered once), runs `stages/train_cam.py` of the synthetic
 default in a new process (after one untimed run), with `distributed.launcher` ray and local in
 turn, `--repeats` times each (which goes first alternating), `train_cam.epochs` lowered to
-`--epochs`: each process timed as `dvc repro` sees a stage (start-up, imports, Ray's start and its workers, the training, MLflow). Reports each run's
-seconds, the median of ray minus local's (the fixed cost a one-worker run pays for Ray Train), and
-whether every run trained the same weights. The default trains 4 nets (train_cam, train_clims,
-train_irn, train_seg). Writes benchmarks/results/train_launch_<cpus>cpu.json.
+`--epochs`: each process timed as `dvc repro` sees a stage (start-up, imports, Ray's start and
+its workers, the training, MLflow). Reports each run's seconds, the median of ray minus local's
+(the fixed cost a one-worker run pays for Ray Train) and whether every run trained the same
+weights. The default trains 4 nets (train_cam, train_clims, train_irn, train_seg). Writes
+benchmarks/results/train_launch_<cpus>cpu.json.
 """
 from __future__ import annotations
 

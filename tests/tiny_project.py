@@ -22,11 +22,12 @@ SMALL = {
     },
     "backbone/small_resnet.yaml": {"widths": [8, 8, 16, 16]},
     "config.yaml": {
-        # two sweep trials at once on 2 CPUs; the stages train and map their images in their own
-        # processes, without a Ray start (~13 s a stage): Ray Train's fits are tested in
-        # tests/test_cam_ray.py and by the sweep's trials below, the per-image stages' Ray tasks in
-        # tests/test_cam_maps.py (against the in-process path) and tests/test_cluster.py
-        "distributed": {"cpus_per_worker": 1, "launcher": "local"},
+        # two sweep trials at once on 2 CPUs; the stages train (launcher auto: one worker, no
+        # cluster) and map their images in their own processes, as the default does: Ray Train's
+        # fits are tested in tests/test_cam_ray.py and by the sweep's trials below, the per-image
+        # stages' Ray tasks in tests/test_cam_maps.py (against the in-process path) and
+        # tests/test_cluster.py
+        "distributed": {"cpus_per_worker": 1},
         "train_cam": {"epochs": 1, "batch_size": 4},
         "train_clims": {"epochs": 1, "batch_size": 4},
         "make_cam": {"scales": [1.0], "num_workers": 0},

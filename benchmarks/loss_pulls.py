@@ -35,7 +35,7 @@ from common import REPO, apply_overrides, results_name, write_results
 
 sys.path.insert(0, str(REPO))
 from pipeline import layout  # noqa: E402
-from pipeline.cam.losses import CLAMP  # noqa: E402
+from pipeline.cam.losses import btm_terms, cbs_terms_thresholded, otm_terms  # noqa: E402
 from pipeline.cam.tau import resolve_tau  # noqa: E402
 from pipeline.cam.train import clims_loss_from  # noqa: E402
 from pipeline.clip.model import load_clip  # noqa: E402
@@ -97,12 +97,9 @@ def pair_terms(loss_fn, images: torch.Tensor, class_ids: torch.Tensor, masks: to
     with torch.no_grad():
         _, cos_fg, cos_bg, cos_fg_backgrounds = loss_fn.similarities(images, planes, labels)
     s_fg, s_bg, s_fg_backgrounds = loss_fn.scores(cos_fg), loss_fn.scores(cos_bg), loss_fn.scores(cos_fg_backgrounds)
-    firing = cos_fg_backgrounds > loss_fn.tau
     return {
-        "s_fg": s_fg, "s_bg": s_bg,
-        "otm": -torch.log(s_fg.clamp(*CLAMP)),
-        "btm": -torch.log(1 - s_bg.clamp(*CLAMP)),
-        "cbs": (firing * -torch.log(1 - s_fg_backgrounds.clamp(*CLAMP))).sum(1),
+        "s_fg": s_fg, "s_bg": s_bg, "otm": otm_terms(s_fg), "btm": btm_terms(s_bg),
+        "cbs": cbs_terms_thresholded(s_fg_backgrounds, loss_fn.tau, firing=cos_fg_backgrounds > loss_fn.tau).sum(1),
         "reg": masks.mean((1, 2)) / num_classes,
     }
 

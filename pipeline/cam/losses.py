@@ -50,21 +50,36 @@ def _neg_log(x: torch.Tensor) -> torch.Tensor:
     return -torch.log(x.clamp(*CLAMP))
 
 
+# Each term per pair (and per background prompt for CBS); the losses below reduce them over a
+# batch, benchmarks/loss_pulls.py reads them pair by pair.
+def otm_terms(s_fg_class: torch.Tensor) -> torch.Tensor:
+    return _neg_log(s_fg_class)
+
+
+def btm_terms(s_bg_class: torch.Tensor) -> torch.Tensor:
+    return -torch.log(1 - s_bg_class.clamp(*CLAMP))
+
+
+def cbs_terms_thresholded(s_fg_backgrounds: torch.Tensor, tau: float, firing: torch.Tensor | None = None) -> torch.Tensor:
+    """Improved variant, per (pair, prompt): the term where the cosine exceeds tau, else 0
+    (`firing` gives that test when the scores are not the cosines themselves)."""
+    terms = -torch.log(1 - s_fg_backgrounds.clamp(*CLAMP))
+    return terms * (s_fg_backgrounds > tau if firing is None else firing)
+
+
 def otm_loss(s_fg_class: torch.Tensor, pair_weights: torch.Tensor | None = None) -> torch.Tensor:
-    terms = _neg_log(s_fg_class)
+    terms = otm_terms(s_fg_class)
     return (terms if pair_weights is None else terms * pair_weights).mean()
 
 
 def btm_loss(s_bg_class: torch.Tensor, pair_weights: torch.Tensor | None = None) -> torch.Tensor:
-    terms = -torch.log(1 - s_bg_class.clamp(*CLAMP))
+    terms = btm_terms(s_bg_class)
     return (terms if pair_weights is None else terms * pair_weights).mean()
 
 
 def cbs_loss_thresholded(s_fg_backgrounds: torch.Tensor, tau: float, firing: torch.Tensor | None = None) -> torch.Tensor:
-    """Improved variant: a sum over (pair, prompt) of the terms whose cosine exceeds tau
-    (`firing` gives that test when the scores are not the cosines themselves)."""
-    terms = -torch.log(1 - s_fg_backgrounds.clamp(*CLAMP))
-    return (terms * (s_fg_backgrounds > tau if firing is None else firing)).sum()
+    """Improved variant: a sum over (pair, prompt) of the terms whose cosine exceeds tau."""
+    return cbs_terms_thresholded(s_fg_backgrounds, tau, firing).sum()
 
 
 def cbs_loss_per_class(s_fg_backgrounds: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,13 @@
 """Wall time of the whole `dvc repro` on the synthetic default, per stage, from a fresh clone.
 
-    python benchmarks/pipeline_wall.py [--workdir DIR] [--keep]
+    python benchmarks/pipeline_wall.py [--workdir DIR] [--keep] [--out NAME]
 
 Clones the repository's HEAD into a fresh folder, runs `dvc repro` there as a new user would
 (with this environment's packages), stamps every line of its output with the time it arrived,
 and splits the run at DVC's "Running stage" lines: a stage's wall time includes its process
 start-up and DVC's hashing. Then runs `dvc repro` a second time, which must run nothing.
-Writes benchmarks/results/pipeline_wall.json: per-stage seconds, the total, the second run's
-seconds and what it ran, and `dvc metrics show`'s figures of the run.
+Writes benchmarks/results/<NAME>.json (default pipeline_wall_<cpus>cpu): per-stage seconds, the
+total, the second run's seconds and what it ran, and `dvc metrics show`'s figures of the run.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, write_results
+from common import REPO, results_name, write_results
 
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
@@ -63,6 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, help="where to clone (default: a new temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the clone afterwards")
+    parser.add_argument("--out", type=results_name, default=f"pipeline_wall_{os.cpu_count()}cpu",
+                        help="results name: a machine kind's figures beside another's")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clims-wall-")) / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(workdir)], check=True)
@@ -86,7 +88,7 @@ def main() -> None:
         "second_repro_ran": [name for _, line in again_lines if (m := RUNNING.search(line)) for name in [m.group(1)]],
         "miou": figures,
     }
-    write_results(f"pipeline_wall_{os.cpu_count()}cpu", report)
+    write_results(args.out, report)
     if not args.keep:
         shutil.rmtree(workdir.parent if args.workdir is None else workdir, ignore_errors=True)
 

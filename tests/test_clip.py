@@ -66,6 +66,22 @@ def test_clip_folder_round_trip(tmp_path, small_clip):
     assert loaded_texts["class_names"] == ["boat"] and not loaded.model.training
 
 
+def test_a_tiny_clip_built_or_loaded_does_not_warn_of_random_weights(tmp_path, small_clip, caplog):
+    """open_clip warns "Model initialized randomly" for every architecture built without a
+    checkpoint; a tiny CLIP is trained or given its own weights next, so the line is not shown,
+    and only while it is built."""
+    import logging
+
+    meta = {"source": "tiny", "model_name": "test-small", "open_clip_config": clip_model.tiny_open_clip_config(SMALL)}
+    clip_model.save_clip(tmp_path, meta, {"class_names": []}, small_clip.model.state_dict())
+    caplog.set_level(logging.WARNING)
+    clip_model.build_tiny("test-quiet", SMALL)
+    clip_model.load_clip(tmp_path)
+    assert caplog.records == []
+    logging.warning("Model other initialized randomly.")
+    assert [record.getMessage() for record in caplog.records] == ["Model other initialized randomly."]
+
+
 def test_an_architecture_registered_at_run_time_leaves_no_file_and_stays_known(tmp_path, monkeypatch):
     """The tiny CLIP's open_clip config is written to a temporary file for open_clip to read; the
     file is gone afterwards, and the architecture still builds after another one is registered."""

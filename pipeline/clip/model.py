@@ -7,6 +7,7 @@ with the L2-normalised embedding of every prompt the later stages need, computed
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +104,25 @@ def wrap(model: torch.nn.Module, model_name: str) -> FrozenClip:
 
 
 def build_tiny(model_name: str, arch) -> torch.nn.Module:
+    return _tiny_architecture(model_name, tiny_open_clip_config(arch))
+
+
+def _tiny_architecture(model_name: str, config: dict) -> torch.nn.Module:
+    """The tiny CLIP's architecture with fresh weights, about to be trained or given its own.
+    open_clip warns "Model initialized randomly" on the root logger whenever it builds one
+    without a pretrained checkpoint; here that is expected, and the line alarmed users."""
     import open_clip
 
-    register_config(model_name, tiny_open_clip_config(arch))
-    return open_clip.create_model(model_name, pretrained=None)
+    def not_the_random_init_warning(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    register_config(model_name, config)
+    root = logging.getLogger()
+    root.addFilter(not_the_random_init_warning)
+    try:
+        return open_clip.create_model(model_name, pretrained=None)
+    finally:
+        root.removeFilter(not_the_random_init_warning)
 
 
 def load_pretrained(model_name: str, weights: str | Path) -> torch.nn.Module:
@@ -152,10 +168,7 @@ def load_clip(folder: str | Path, device: str | torch.device = "cpu") -> tuple[F
         raise UserError(f"{meta_path}: no CLIP here (run the prepare_clip stage first)")
     meta = json.loads(meta_path.read_text())
     if meta["source"] == "tiny":
-        import open_clip
-
-        register_config(meta["model_name"], meta["open_clip_config"])
-        model = open_clip.create_model(meta["model_name"], pretrained=None)
+        model = _tiny_architecture(meta["model_name"], meta["open_clip_config"])
         model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     else:
         model = load_pretrained(meta["model_name"], meta["weights"])

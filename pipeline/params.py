@@ -229,8 +229,8 @@ class Distributed(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     # where a training stage runs its epochs: ray (Ray Train workers), local (the stage's own
     # process, one worker; checkpoints and resumption in `storage` as Ray's; the same net bit for
-    # bit) or auto: local for one worker outside a cluster, where Ray Train's start (~13 s a fit on
-    # 2 CPUs) buys nothing, else ray
+    # bit) or auto: local for one worker outside a cluster, where Ray Train's start (10-30 s a fit
+    # on 2 CPUs: benchmarks/train_launch.py) buys nothing, else ray
     launcher: Literal["auto", "ray", "local"] = "auto"
     # training keeps only the backbone's block outputs and the frozen CLIP's layer inputs and
     # recomputes the rest in the backward pass: the same gradients, much less memory, about a

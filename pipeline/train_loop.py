@@ -4,10 +4,11 @@ in the stage's own process.
 `train_epoch` is a plain function (tests and GPU benchmarks call it directly). `worker_loop`
 runs the epochs on Ray Train workers: DDP, a per-epoch report with a checkpoint from rank 0, and
 the resumption from the last checkpoint after a lost worker. With `distributed.launcher: local`
-(and `auto` for one worker outside a cluster) the same epochs run in the calling process, checkpointed into `distributed.storage` under the
-run's name and resumed from there. A stage supplies a `setup` function that builds its net,
-step, optimiser and dataset from a `TrainJob`: the validated params and the paths the run reads,
-one typed object that travels to the workers as it is.
+(and `auto`, the default, for one worker outside a cluster) the same epochs run in the calling
+process, checkpointed into `distributed.storage` under the run's name and resumed from there.
+A stage supplies a `setup` function that builds its net, step, optimiser and dataset from a
+`TrainJob`: the validated params and the paths the run reads, one typed object that travels to
+the workers as it is.
 """
 from __future__ import annotations
 

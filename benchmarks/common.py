@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -10,6 +11,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+
+
+# The variables that choose torch's CPU kernels, and with them the last bits of a trained net
+# (benchmarks/kernel_paths.py); a results file records the ones set.
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS")
+
+
+def kernel_environment() -> dict[str, str]:
+    return {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
 
 
 def results_name(name: str) -> str:

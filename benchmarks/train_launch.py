@@ -20,24 +20,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
 from common import REPO, apply_overrides, write_results
-from pipeline_wall import clone_env
+from pipeline_wall import clone_env, timed_run
 
 WEIGHTS = Path("artifacts/net_baseline/weights.pt")
-
-
-def run_stage(script: str, clone: Path, env: dict) -> float:
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, script], cwd=clone, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{script} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -49,20 +40,22 @@ def main() -> None:
     clone = Path(tempfile.mkdtemp(prefix="clims-launch-")) / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
-    env = clone_env(clone)
+    env, log = clone_env(clone), clone.parent / "train_launch.log"
     params = yaml.safe_load((clone / "params.yaml").read_text())
-    apply_overrides(params, [f"train_cam.epochs={args.epochs}"])
-    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_stage("stages/prepare_data.py", clone, env)
 
+    def run_stage(script: str, *overrides: str) -> float:
+        """Seconds of one stage's process, `overrides` applied to the clone's params first."""
+        apply_overrides(params, list(overrides))
+        (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return timed_run([sys.executable, script], clone, env, log, echo=False)[0]
+
+    run_stage("stages/prepare_data.py", f"train_cam.epochs={args.epochs}")
     seconds: dict[str, list[float]] = {"ray": [], "local": []}
     first, same = None, True
-    run_stage("stages/train_cam.py", clone, env)  # untimed: the first process reads every file from disk
+    run_stage("stages/train_cam.py")  # untimed: the first process reads every file from disk
     for repeat in range(args.repeats):
         for launcher in sorted(seconds, reverse=repeat % 2 == 1):  # alternate which goes first
-            apply_overrides(params, [f"distributed.launcher={launcher}"])
-            (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-            seconds[launcher].append(round(run_stage("stages/train_cam.py", clone, env), 1))
+            seconds[launcher].append(round(run_stage("stages/train_cam.py", f"distributed.launcher={launcher}"), 1))
             weights = torch.load(clone / WEIGHTS, map_location="cpu", weights_only=True)
             first = first or weights
             same = same and first.keys() == weights.keys() and all(torch.equal(first[k], weights[k]) for k in first)

@@ -50,6 +50,10 @@ def _neg_log(x: torch.Tensor) -> torch.Tensor:
     return -torch.log(x.clamp(*CLAMP))
 
 
+def _neg_log_complement(x: torch.Tensor) -> torch.Tensor:
+    return -torch.log(1 - x.clamp(*CLAMP))
+
+
 # Each term per pair (and per background prompt for CBS); the losses below reduce them over a
 # batch, benchmarks/loss_pulls.py reads them pair by pair.
 def otm_terms(s_fg_class: torch.Tensor) -> torch.Tensor:
@@ -57,13 +61,13 @@ def otm_terms(s_fg_class: torch.Tensor) -> torch.Tensor:
 
 
 def btm_terms(s_bg_class: torch.Tensor) -> torch.Tensor:
-    return -torch.log(1 - s_bg_class.clamp(*CLAMP))
+    return _neg_log_complement(s_bg_class)
 
 
 def cbs_terms_thresholded(s_fg_backgrounds: torch.Tensor, tau: float, firing: torch.Tensor | None = None) -> torch.Tensor:
     """Improved variant, per (pair, prompt): the term where the cosine exceeds tau, else 0
     (`firing` gives that test when the scores are not the cosines themselves)."""
-    terms = -torch.log(1 - s_fg_backgrounds.clamp(*CLAMP))
+    terms = _neg_log_complement(s_fg_backgrounds)
     return terms * (s_fg_backgrounds > tau if firing is None else firing)
 
 
@@ -85,7 +89,7 @@ def cbs_loss_thresholded(s_fg_backgrounds: torch.Tensor, tau: float, firing: tor
 def cbs_loss_per_class(s_fg_backgrounds: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
     """Camera-ready variant: the sum over pairs of each pair's mean over its class's prompts
     (rows of prompt_mask; a pair whose class has none adds nothing)."""
-    terms = -torch.log(1 - s_fg_backgrounds.clamp(*CLAMP)) * prompt_mask
+    terms = _neg_log_complement(s_fg_backgrounds) * prompt_mask
     return (terms.sum(1) / prompt_mask.sum(1).clamp(min=1)).sum()
 
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import yaml
 
-from common import (REPO, RESULTS, apply_overrides, kernel_environment, mean_std_worst, results_name, set_key,
-                    write_results)
+from common import (REPO, RESULTS, apply_overrides, cpu_model, kernel_environment, mean_std_worst, results_name,
+                    set_key, write_results)
 from leak_by_class import context_leak_by_class
 
 TERMS = ("otm", "btm", "cbs", "reg")
@@ -212,7 +212,7 @@ def main() -> None:
                 runs[f"{name}/{variant}"]["no_walk"] = pseudo_labels(run, changed, walk=False)
             print(name, variant, runs[f"{name}/{variant}"], flush=True)
             write_results(args.out, {"source": str(source), "clip": clip, "overrides": args.overrides,
-                                     "environment": kernel_environment(), "seed_keys": SEED_KEYS, "runs": runs}, quiet=True)
+                                     "cpu": cpu_model(), "environment": kernel_environment(), "seed_keys": SEED_KEYS, "runs": runs}, quiet=True)
 
     print_table(runs, args.seeds, args.variants)
     print(f"\nper-seed figures: benchmarks/results/{args.out}.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 from pathlib import Path
 
@@ -20,6 +21,14 @@ KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OM
 
 def kernel_environment() -> dict[str, str]:
     return {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
+
+
+def cpu_model() -> str:
+    """The processor's name (machine kinds train different nets: benchmarks/kernel_paths.py)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def results_name(name: str) -> str:

@@ -21,14 +21,13 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, results_name, write_results
+from common import REPO, cpu_model, results_name, write_results
 
 sys.path.insert(0, str(REPO))
 from pipeline.layout import git  # noqa: E402
@@ -92,13 +91,6 @@ def code_version() -> dict:
     return {"pipeline_tree": git(*here, "rev-parse", "HEAD:pipeline").strip(),
             "params_blob": git(*here, "rev-parse", "HEAD:params.yaml").strip(),
             "uncommitted_changes": bool(git(*here, "status", "--porcelain", "--", "pipeline", "params.yaml").strip())}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, results_name, write_results
+from common import REPO, cpu_model, results_name, write_results
 
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
@@ -81,6 +81,7 @@ def main() -> None:
                for path, data in next(iter(metrics.values()))["data"].items() if "miou" in data.get("data", {})}
     report = {
         "commit": commit,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "total_seconds": round(total, 1),
         "stage_seconds": stage_seconds(lines, total),

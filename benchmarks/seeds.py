@@ -2,6 +2,7 @@
 
     python benchmarks/seeds.py [--runs 5] [--vary clip|nets|world|all] [--first-seed 0]
                                [--workdir DIR] [--out seeds] [-S key=value ...]
+    python benchmarks/seeds.py --summarize NAME [NAME ...] [--with-committed]
 
 Clones the repository's HEAD once into a fresh folder (or reuses the clone in --workdir, with
 its DVC cache) and runs `dvc repro` there once per seed,
@@ -12,6 +13,10 @@ DVC's run cache. Writes benchmarks/results/<out>.json after every run (each run'
 seconds in all and per stage, headline figures, pipeline/headline.py) and prints mean, std and worst of each
 figure and how many runs satisfy each claim. Started again with the same commit, --vary and
 overrides, it keeps the runs already in the results file and does the rest.
+
+--summarize prints the same table over the runs of several results files (studies run in parts,
+on several machines), with --with-committed the repository's own metrics/ as one more run; each
+run is listed with its file, commit and processor.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, RESULTS, apply_overrides, mean_std_worst, results_name, set_key, write_results
+from common import REPO, RESULTS, apply_overrides, cpu_model, mean_std_worst, results_name, set_key, write_results
 from pipeline_wall import clone_env, stage_seconds, timed_run
 
 sys.path.insert(0, str(REPO))
@@ -51,10 +56,51 @@ def summary(runs: list[dict]) -> dict[str, dict]:
     return table
 
 
+def study_summary(runs: list[dict]) -> dict:
+    """Mean, std and worst of every figure, and on how many runs each claim holds."""
+    return {"summary": summary(runs),
+            "claims_held": {claim: sum(bool(run["claims"][claim]) for run in runs) for claim in runs[0]["claims"]}}
+
+
 def study(commit: str, args, runs: list[dict]) -> dict:
     """The results file: every run, the summary over them and how many runs hold each claim."""
-    return {"commit": commit, "vary": args.vary, "overrides": args.overrides, "runs": runs, "summary": summary(runs),
-            "claims_held": {claim: sum(bool(run["claims"][claim]) for run in runs) for claim in runs[0]["claims"]}}
+    return {"commit": commit, "vary": args.vary, "overrides": args.overrides, "runs": runs, **study_summary(runs)}
+
+
+def print_summary(report: dict, runs: list[dict]) -> None:
+    print(f"\n{'figure':32s} {'mean':>7s} {'std':>6s} {'worst':>7s}   over {len(runs)} runs varying {report['vary']} seeds")
+    for key, row in report["summary"].items():
+        print(f"{key:32s} {row['mean']:7.2f} {row['std']:6.2f} {row['worst']:7.2f}")
+    for claim, held in report["claims_held"].items():
+        print(f"{claim:50s} held on {held} of {len(runs)} runs")
+
+
+def committed_run(metrics_dir: Path) -> dict:
+    """A committed metrics/ folder as a run of seed 0 (the default's seeds)."""
+    figures = read_headlines(metrics_dir)
+    if not figures:
+        raise SystemExit(f"{metrics_dir}: no headline metrics here")
+    return {"seed": 0, "figures": figures, "claims": check_claims(figures), "source": f"{metrics_dir.name}/ (committed)"}
+
+
+def summarize(paths: list[Path], committed: Path | None = None) -> dict:
+    """The summary over the runs of several results files, which must vary the same seeds under
+    the same overrides (and of a committed metrics folder, if given); printed and returned."""
+    runs, settings = ([committed_run(committed)] if committed else []), {}
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such results file")
+        report = json.loads(path.read_text())
+        settings[path.name] = (report["vary"], report["overrides"])
+        runs += [{**run, "source": f"{path.name} @ {report['commit'][:8]}"} for run in report["runs"]]
+    if len({json.dumps(setting) for setting in settings.values()}) > 1:
+        raise SystemExit("not one study: " + "; ".join(f"{name} varies {vary} seeds with overrides {overrides}"
+                                                      for name, (vary, overrides) in settings.items()))
+    for run in runs:
+        print(f"seed {run['seed']}: {run['source']}, {run.get('cpu', 'processor not recorded')}")
+    report = {"vary": next(iter(settings.values()))[0], **study_summary(runs)}
+    print_summary(report, runs)
+    return report
 
 
 def main() -> None:
@@ -65,7 +111,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where to clone (default: a new temporary folder)")
     parser.add_argument("--out", type=results_name, default="seeds", help="results name: benchmarks/results/<out>.json")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), every run")
+    parser.add_argument("--summarize", nargs="+", metavar="NAME", help="summarize these results files; run nothing")
+    parser.add_argument("--with-committed", action="store_true", help="with --summarize: the committed metrics/ as a run")
     args = parser.parse_args()
+    if args.summarize:
+        summarize([RESULTS / f"{name}.json" for name in args.summarize], REPO / "metrics" if args.with_committed else None)
+        return
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clims-seeds-")) / "clone"
     if not (workdir / ".git").is_dir():
@@ -91,18 +142,13 @@ def main() -> None:
         (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         seconds, lines = timed_run(["dvc", "repro"], workdir, env, log, echo=False)
         figures = read_headlines(workdir / "metrics")
-        runs.append({"seed": seed, "seeds": {key: seed for key in SEED_KEYS[args.vary]}, "seconds": round(seconds, 1),
+        runs.append({"seed": seed, "seeds": {key: seed for key in SEED_KEYS[args.vary]}, "cpu": cpu_model(), "seconds": round(seconds, 1),
                      "stage_seconds": stage_seconds(lines, seconds), "figures": figures, "claims": check_claims(figures)})
         print(f"seed {seed}: {runs[-1]['seconds']:.0f} s, " + ", ".join(
             f"{k} {v:.1f}" for k, v in figures.items() if k.endswith(("miou", "context_leak"))), flush=True)
         write_results(args.out, study(commit, args, runs), quiet=True)
 
-    report = study(commit, args, runs)
-    print(f"\n{'figure':32s} {'mean':>7s} {'std':>6s} {'worst':>7s}   over {len(runs)} runs varying {args.vary} seeds")
-    for key, row in report["summary"].items():
-        print(f"{key:32s} {row['mean']:7.2f} {row['std']:6.2f} {row['worst']:7.2f}")
-    for claim, held in report["claims_held"].items():
-        print(f"{claim:50s} held on {held} of {len(runs)} runs")
+    print_summary(study(commit, args, runs), runs)
 
 
 if __name__ == "__main__":

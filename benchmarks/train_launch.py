@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from common import REPO, apply_overrides, write_results
+from common import REPO, apply_overrides, cpu_model, write_results
 from pipeline_wall import clone_env, timed_run
 
 WEIGHTS = Path("artifacts/net_baseline/weights.pt")
@@ -61,7 +61,7 @@ def main() -> None:
             same = same and first.keys() == weights.keys() and all(torch.equal(first[k], weights[k]) for k in first)
             print(f"{launcher}: {seconds[launcher][-1]} s", flush=True)
     ray, local = statistics.median(seconds["ray"]), statistics.median(seconds["local"])
-    report = {"commit": commit, "cpus": os.cpu_count(), "stage": "train_cam", "epochs": args.epochs,
+    report = {"commit": commit, "cpu": cpu_model(), "cpus": os.cpu_count(), "stage": "train_cam", "epochs": args.epochs,
               "seconds": seconds, "ray_minus_local_seconds": round(ray - local, 1),
               "ray_over_local": round(ray / local, 2), "same_weights": same}
     write_results(f"train_launch_{os.cpu_count()}cpu", report)

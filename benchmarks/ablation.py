@@ -211,8 +211,8 @@ def main() -> None:
                 runs[f"{name}/{variant}"]["walk"] = pseudo_labels(run, changed, walk=True)
                 runs[f"{name}/{variant}"]["no_walk"] = pseudo_labels(run, changed, walk=False)
             print(name, variant, runs[f"{name}/{variant}"], flush=True)
-            write_results(args.out, {"source": str(source), "clip": clip, "overrides": args.overrides,
-                                     "cpu": cpu_model(), "environment": kernel_environment(), "seed_keys": SEED_KEYS, "runs": runs}, quiet=True)
+            write_results(args.out, {"source": str(source), "clip": clip, "overrides": args.overrides, "cpu": cpu_model(),
+                                     "environment": kernel_environment(), "seed_keys": SEED_KEYS, "runs": runs}, quiet=True)
 
     print_table(runs, args.seeds, args.variants)
     print(f"\nper-seed figures: benchmarks/results/{args.out}.json")

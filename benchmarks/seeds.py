@@ -142,8 +142,9 @@ def main() -> None:
         (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         seconds, lines = timed_run(["dvc", "repro"], workdir, env, log, echo=False)
         figures = read_headlines(workdir / "metrics")
-        runs.append({"seed": seed, "seeds": {key: seed for key in SEED_KEYS[args.vary]}, "cpu": cpu_model(), "seconds": round(seconds, 1),
-                     "stage_seconds": stage_seconds(lines, seconds), "figures": figures, "claims": check_claims(figures)})
+        runs.append({"seed": seed, "seeds": {key: seed for key in SEED_KEYS[args.vary]}, "cpu": cpu_model(),
+                     "seconds": round(seconds, 1), "stage_seconds": stage_seconds(lines, seconds), "figures": figures,
+                     "claims": check_claims(figures)})
         print(f"seed {seed}: {runs[-1]['seconds']:.0f} s, " + ", ".join(
             f"{k} {v:.1f}" for k, v in figures.items() if k.endswith(("miou", "context_leak"))), flush=True)
         write_results(args.out, study(commit, args, runs), quiet=True)

@@ -2,7 +2,7 @@
 against the same walk with an oracle boundary drawn from the ground truth, and against no walk.
 
     python benchmarks/walk_diagnosis.py [--source DIR] [--cams clims] [--exp-times 2 8]
-                                        [--radius 2 5] [--limit N] [--out walk_diagnosis]
+                                        [--radius 2 5] [--crf] [--limit N] [--out walk_diagnosis]
 
 DIR is a repository folder where `dvc repro` ran, or a run folder of benchmarks/ablation.py
 (default: this repository); its CAMs, IR labels, boundary net and params are read, nothing is
@@ -10,8 +10,9 @@ written there. The boundaries: none (the walk as plain diffusion); net (the trai
 as make_sem_seg); ir (the edges of the IR labels the net learns from, 255 a label of its own);
 oracle (the ground truth's edges). An edge map is twice the fraction of edge pixels in each
 stride-4 cell, clipped to 1. For each boundary, walk radius and length, the pseudo labels of the
-scored images that hold a class are scored without the CRF, at the params' background score and
-at the best one of a sweep (the walk changes the scale the score is compared with). Also: the
+scored images that hold a class are scored without the CRF (with `--crf`: refined by the params'
+CRF, as make_sem_seg does), at the params' background score and at the best one of a sweep (the
+walk changes the scale the score is compared with). Also: the
 boundary net's mean on the ground truth's edge cells and off them, and how many grid cells an object
 spans and how many of them lie on its rim (the walk needs object interiors).
 
@@ -41,6 +42,8 @@ from pipeline.errors import UserError  # noqa: E402
 from pipeline.io import label_png_path, read_label  # noqa: E402
 from pipeline.irn.sem_seg import walked_scores  # noqa: E402
 from pipeline.metrics import IGNORE  # noqa: E402
+from pipeline.ops.crf import crf_labels, pairwise_kernel  # noqa: E402
+from pipeline.ops.maps import threshold_labels  # noqa: E402
 from pipeline.nets.boundary import boundary_map, load_boundary_net  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.scoring import ScoreTotals, context_ids, predict, summarise, threshold_totals, thresholds  # noqa: E402
@@ -75,6 +78,15 @@ def grid_objects(label: np.ndarray) -> tuple[list[int], int]:
     return [int((grid == c).sum()) for c in np.unique(grid[objects])], int((objects & rim).sum())
 
 
+def crf_predictions(scores: torch.Tensor, images: torch.Tensor, class_ids: list, ts: np.ndarray, crf) -> np.ndarray:
+    """Label maps (N, T, H, W) in class ids: the walked scores (N, K, H, W) thresholded at each
+    background score of `ts`, then refined by the CRF on the images (one grouped CRF per batch)."""
+    kernel = pairwise_kernel(images * 255, crf)
+    refined = crf_labels(kernel, [threshold_labels(scores, float(t)) for t in ts], scores.shape[1] + 1, crf)
+    ids = [np.asarray([0, *c], np.int64) for c in class_ids]
+    return np.stack([np.stack([ids[i][r[i].numpy()] for r in refined]) for i in range(len(ids))])
+
+
 def walk_variants(base, boundaries: list[str], radii: list[int], exp_times: list[int]) -> dict:
     """By name, (the boundary walked over, make_sem_seg settings): no walk, then each boundary x
     radius x 2^exp steps."""
@@ -105,11 +117,13 @@ def main() -> None:
     parser.add_argument("--exp-times", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--radius", type=int, nargs="+", default=None, help="walk radii (default: make_sem_seg.radius)")
     parser.add_argument("--boundaries", nargs="+", default=["none", "net", "ir", "oracle"], choices=["none", "net", "ir", "oracle"])
+    parser.add_argument("--crf", action="store_true", help="refine every variant's labels with the CRF (as make_sem_seg)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out", type=results_name, default="walk_diagnosis")
     args = parser.parse_args()
     source = args.source.resolve()
     os.chdir(source)
+    torch.set_flush_denormal(True)  # as the stages run the CRF (denormals slow it down several times)
     params = load_params()
     cams_folder = layout.cams_dir(args.cams or params.make_ir_label.cams)
     net = load_boundary_net(layout.IRN_DIR)[0]
@@ -138,14 +152,19 @@ def main() -> None:
             edge = boundaries["oracle"] > 0
             on_edge.append(boundaries["net"][edge].mean().item())
             off_edge.append(boundaries["net"][~edge].mean().item())
-            scores = [walked_scores(maps, boundaries[b], cfg, images.shape[-2:]).numpy() for b, cfg in variants.values()]
+            scores = [walked_scores(maps, boundaries[b], cfg, images.shape[-2:]) for b, cfg in variants.values()]
             index = {r.image_id: n for n, r in enumerate(batch)}
-            stacked = lambda r: np.concatenate([predict(s[index[r.image_id]], cams[index[r.image_id]]["class_ids"], ts) for s in scores])
+            class_ids = [c["class_ids"] for c in cams]
+            if args.crf:
+                labels = [crf_predictions(s, images, class_ids, ts, params.crf) for s in scores]
+                stacked = lambda r: np.concatenate([v[index[r.image_id]] for v in labels])
+            else:
+                stacked = lambda r: np.concatenate([predict(s[index[r.image_id]].numpy(), class_ids[index[r.image_id]], ts) for s in scores])
             part = threshold_totals(batch, stacked, len(ts) * len(variants), len(names), context_ids(params.dataset))
             total = part if total is None else total + part
     rows = {name: figures(total, slice(n * len(ts), (n + 1) * len(ts)), ts, base.bg_threshold, names)
             for n, name in enumerate(variants)}
-    report = {"source": str(source), "cams": str(cams_folder), "images": len(records),
+    report = {"source": str(source), "cams": str(cams_folder), "images": len(records), "crf": args.crf,
               "bg_threshold": base.bg_threshold, "net_boundary_on_edges": float(np.mean(on_edge)),
               "net_boundary_off_edges": float(np.mean(off_edge)), "median_cells_per_object": float(np.median(object_cells)),
               "object_cells_on_a_rim": rim_cells / max(1, sum(object_cells)), "variants": rows}
@@ -153,7 +172,7 @@ def main() -> None:
     print(f"{len(records)} images; boundary net: {report['net_boundary_on_edges']:.3f} on ground-truth edges, "
           f"{report['net_boundary_off_edges']:.3f} off them; an object spans {report['median_cells_per_object']:.0f} grid "
           f"cells (median), {100 * report['object_cells_on_a_rim']:.0f} % of them on its rim")
-    print(f"| pseudo labels, no CRF | mIoU at {base.bg_threshold} | context leak | best mIoU (threshold) |\n|---|---|---|---|")
+    print(f"| pseudo labels, {'the CRF after' if args.crf else 'no CRF'} | mIoU at {base.bg_threshold} | context leak | best mIoU (threshold) |\n|---|---|---|---|")
     for name, r in rows.items():
         leak = f"{r['context_leak']:.1f} %" if r["context_leak"] is not None else "-"
         print(f"| {name} | {r['miou']:.1f} | {leak} | {r['best_miou']:.1f} ({r['best_threshold']:.2f}) |")

@@ -1,4 +1,5 @@
 """IRN's random walk: path affinities on a hand-built case, sparse propagation against dense T^(2^k)."""
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +98,37 @@ def test_no_walk_labels_the_cams_as_they_are_and_the_walk_spreads_them():
     unwalked = walk_labels(net, images, cams, MakeSemSeg(walk=False, **cfg))
     walked = walk_labels(net, images, cams, MakeSemSeg(walk=True, **cfg))
     assert (unwalked > 0).sum() < 0.5 * (walked > 0).sum()
+
+
+def test_walk_diagnosis_scores_the_crf_labels_make_sem_seg_writes():
+    """benchmarks/walk_diagnosis.py --crf: at the params' background score, its CRF-refined labels
+    of the trained net's boundary are make_sem_seg's, in class ids; at a higher score fewer pixels
+    are an object's."""
+    import sys
+
+    from conftest import REPO
+    from pipeline.irn.sem_seg import walk_labels, walked_scores
+    from pipeline.nets.backbone import build_backbone
+    from pipeline.nets.boundary import BoundaryNet, boundary_map
+    from pipeline.params import MakeSemSeg
+    from tiny_scenes import SMALL, crf_config
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from walk_diagnosis import crf_predictions
+
+    torch.manual_seed(0)
+    net = BoundaryNet(build_backbone(SMALL), side_channels=8).eval()
+    images, cams = torch.rand(2, 3, 32, 32), torch.rand(2, 2, 8, 8) ** 2
+    cfg = MakeSemSeg(walk=True, radius=2, beta=10.0, exp_times=2, damp_boundary=False, bg_threshold=0.3, crf=True,
+                     batch_size=2, num_workers=0)
+    crf = crf_config(kernel="lattice")
+    written = walk_labels(net, images, cams, cfg, crf)
+    class_ids = [[2, 5], [1, 6]]
+    with torch.no_grad():
+        scores = walked_scores(cams, boundary_map(net, images), cfg, images.shape[-2:])
+    labels = crf_predictions(scores, images, class_ids, np.array([0.3, 0.6]), crf)
+    assert labels.shape == (2, 2, 32, 32)
+    for i, ids in enumerate(class_ids):
+        assert np.array_equal(labels[i, 0], np.asarray([0, *ids])[written[i].numpy()])
+    assert (labels[:, 1] > 0).sum() < (labels[:, 0] > 0).sum()
+    assert set(np.unique(labels)) <= {0, 1, 2, 5, 6}

@@ -12,9 +12,9 @@ oracle (the ground truth's edges). An edge map is twice the fraction of edge pix
 stride-4 cell, clipped to 1. For each boundary, walk radius and length, the pseudo labels of the
 scored images that hold a class are scored without the CRF (with `--crf`: refined by the params'
 CRF, as make_sem_seg does), at the params' background score and at the best one of a sweep (the
-walk changes the scale the score is compared with). Also: the
-boundary net's mean on the ground truth's edge cells and off them, and how many grid cells an object
-spans and how many of them lie on its rim (the walk needs object interiors).
+walk changes the scale the score is compared with). Also: the boundary net's mean on the ground
+truth's edge cells and off them, and how many grid cells an object spans and how many of them lie
+on its rim (the walk needs object interiors).
 
 If the oracle walk beats no walk, the walk is sound and the boundary is what costs; the ir rows
 then say whether the IR labels carry the boundary the net should learn, and the net's means how

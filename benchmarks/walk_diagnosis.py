@@ -82,9 +82,9 @@ def crf_predictions(scores: torch.Tensor, images: torch.Tensor, class_ids: list,
     """Label maps (N, T, H, W) in class ids: the walked scores (N, K, H, W) thresholded at each
     background score of `ts`, then refined by the CRF on the images (one grouped CRF per batch)."""
     kernel = pairwise_kernel(images * 255, crf)
-    refined = crf_labels(kernel, [threshold_labels(scores, float(t)) for t in ts], scores.shape[1] + 1, crf)
-    ids = [np.asarray([0, *c], np.int64) for c in class_ids]
-    return np.stack([np.stack([ids[i][r[i].numpy()] for r in refined]) for i in range(len(ids))])
+    thresholded = [threshold_labels(scores, float(t)) for t in ts]
+    refined = torch.stack(crf_labels(kernel, thresholded, scores.shape[1] + 1, crf), 1)  # (N, T, H, W)
+    return np.stack([np.asarray([0, *ids], np.int64)[labels] for ids, labels in zip(class_ids, refined.numpy())])
 
 
 def walk_variants(base, boundaries: list[str], radii: list[int], exp_times: list[int]) -> dict:

@@ -69,6 +69,7 @@ class SyntheticDataset(DatasetSection):
     distractor: Probability
     plain_bodies: bool  # the parts world: only a part (head, sail, cab, ...) tells the class apart
     clutter: Probability  # probability of an unlabelled headless body in a scene
+    object_scale: Annotated[float, Field(gt=0.0, le=2.8)]  # objects this many times the default size; contexts keep theirs
     classes: list[ObjectClass] = Field(min_length=2)
     backgrounds: list[BackgroundKind] = Field(min_length=2)
     background_prompts: Optional[list[str]]  # None: the background kinds' names

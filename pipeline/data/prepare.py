@@ -31,6 +31,7 @@ def world_spec(dataset: SyntheticDataset, cooccurrence: float | None = None) -> 
         distractor=dataset.distractor,
         plain_bodies=dataset.plain_bodies,
         clutter=dataset.clutter,
+        object_scale=dataset.object_scale,
     )
 
 

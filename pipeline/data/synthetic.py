@@ -40,6 +40,9 @@ class WorldSpec:
     # The parts world: bodies in one plain colour, so that only a part tells the class apart ...
     plain_bodies: bool = False
     clutter: float = 0.0  # ... and the probability of an unlabelled headless body in a scene
+    # Objects this many times the default size (so they span more cells of a stride-4 map); their
+    # contexts keep the size they have beside a default-sized object, anchored at the object's ground.
+    object_scale: float = 1.0
 
     def __post_init__(self):
         unknown = [c for c in self.classes if c not in OBJECT_KINDS]
@@ -49,6 +52,8 @@ class WorldSpec:
         missing = [c for c in self.contexts if c not in self.backgrounds]
         if missing:
             raise ValueError(f"context backgrounds {missing} are not in backgrounds {list(self.backgrounds)}")
+        if not 0 < self.object_scale * _OBJECT_SIZE[1] < 64 - 2:
+            raise ValueError(f"object_scale {self.object_scale}: objects must fit the image (at most {62 / _OBJECT_SIZE[1]:.2f})")
         if not self.neutral_backgrounds:
             raise ValueError("at least one background must be nobody's context (the neutral ground)")
 
@@ -233,25 +238,28 @@ def _draw_object(kind: str, p: _Painter, rng: np.random.Generator, plain: bool =
         getattr(p, shape)(*args, PLAIN if plain and role == "body" else colour)
 
 
-def _context_region(kind: str, cx, cy, s, size, rng) -> np.ndarray:
-    """Where an object's context sits: water around and under the boat, rails under the train, ..."""
-    bottom = _GROUND_LINE[kind]
+def _context_region(kind: str, cx, cy, s, t, size, rng) -> np.ndarray:
+    """Where an object of size s has its context: water around and under the boat, rails under the
+    train, ... The context is as large as beside an object of size t (t = s in the default world,
+    smaller for scaled-up objects), sits at the object's own ground line and, where it surrounds
+    the object, still reaches past its rim."""
+    ground = cy + _GROUND_LINE[kind] * s
     mask = np.zeros((size, size), bool)
     yy, xx = np.mgrid[0:size, 0:size]
     if kind == "boat":  # water from the waterline down, wider than the hull
-        top = cy + bottom * s + 0.6 * np.sin(xx * 0.8)
-        mask = (yy >= top) & (np.abs(xx - cx) <= 1.3 * s) & (yy <= cy + (bottom + 0.8) * s)
+        top = ground + 0.6 * np.sin(xx * 0.8)
+        mask = (yy >= top) & (np.abs(xx - cx) <= max(1.3 * t, 0.6 * s)) & (yy <= ground + 0.8 * t)
     elif kind in ("train", "car"):  # a strip across the whole image under the vehicle
-        mask = (yy >= cy + (bottom - 0.18) * s) & (yy <= cy + (bottom + 0.22) * s)
+        mask = (yy >= ground - 0.18 * t) & (yy <= ground + 0.22 * t)
     elif kind == "cow":  # a field patch under and around the cow, ragged top
-        top = cy + 0.05 * s + 1.5 * np.sin(xx * 1.1 + rng.uniform(0, 6))
-        mask = (yy >= top) & (np.abs(xx - cx) <= 1.1 * s) & (yy <= cy + (bottom + 0.45) * s)
-    elif kind == "plane":  # an open sky halo around the plane
-        mask[draw.ellipse(cy, cx, 0.8 * s, 1.0 * s, mask.shape)] = True
-    elif kind == "bird":  # foliage around the bird: a clump of disks
+        top = ground - 0.37 * t + 1.5 * np.sin(xx * 1.1 + rng.uniform(0, 6))
+        mask = (yy >= top) & (np.abs(xx - cx) <= max(1.1 * t, 0.6 * s)) & (yy <= ground + 0.45 * t)
+    elif kind == "plane":  # an open sky halo around the plane, just beyond the wings at least
+        mask[draw.ellipse(cy, cx, max(0.8 * t, 0.45 * s), max(1.0 * t, 0.6 * s), mask.shape)] = True
+    elif kind == "bird":  # foliage around the bird: a clump of disks, wide enough to hold a large bird
         for _ in range(5):
-            r = rng.uniform(0.35, 0.55) * s
-            mask[draw.disk((cy + rng.uniform(-0.4, 0.4) * s, cx + rng.uniform(-0.5, 0.5) * s), r, shape=mask.shape)] = True
+            r = rng.uniform(0.35, 0.55) * t + 0.2 * (s - t)
+            mask[draw.disk((cy + rng.uniform(-0.4, 0.4) * t, cx + rng.uniform(-0.5, 0.5) * t), r, shape=mask.shape)] = True
     return mask
 
 
@@ -287,7 +295,7 @@ def render_scene(spec: WorldSpec, rng: np.random.Generator) -> Scene:
     for n, class_id in enumerate(class_ids + clutter):
         kind = spec.classes[class_id - 1]
         for _ in range(20):
-            s = rng.uniform(*_OBJECT_SIZE) * unit
+            s = rng.uniform(*_OBJECT_SIZE) * unit * spec.object_scale
             cx = rng.uniform(0.5 * s + 1, size - 0.5 * s - 1)
             cy = rng.uniform(*_VERTICAL_RANGE[kind]) * size
             if all(abs(cx - ox) > 0.55 * (s + os) or abs(cy - oy) > 0.4 * (s + os) for _, ox, oy, os, _ in placed + headless):
@@ -303,7 +311,7 @@ def render_scene(spec: WorldSpec, rng: np.random.Generator) -> Scene:
         drawn = rng.random() < spec.cooccurrence
         if drawn:
             kind = spec.classes[class_id - 1]
-            background[_context_region(kind, cx, cy, s, size, rng)] = spec.context_id(class_id)
+            background[_context_region(kind, cx, cy, s, s / spec.object_scale, size, rng)] = spec.context_id(class_id)
         has_context.append(drawn)
     image = np.zeros((size, size, 3))
     for kind_id in np.unique(background):

@@ -56,6 +56,7 @@ def test_string_where_a_number_belongs_is_named(base_params):
     [
         ("dataset", "cooccurrence", 1.5, "dataset.cooccurrence: Input should be less than or equal to 1"),
         ("dataset", "min_objects", 4, "min_objects (4) is larger than max_objects (3)"),
+        ("dataset", "object_scale", 3.0, "dataset.object_scale: Input should be less than or equal to 2.8"),
         ("dataset", "prompt_template", "a photo", "prompt_template needs a '{}'"),
         ("dataset", "backgrounds", ["water", "sky"], "context backgrounds"),
         ("tracking", "experiment", 3, "tracking.experiment: expected a string, got 3"),
@@ -191,6 +192,13 @@ def test_parts_world_group_is_the_default_world_with_plain_bodies_clutter_and_pa
     world = validate(parts)
     assert (world.dataset.plain_bodies, world.dataset.clutter, world.clip.train.part_views) == (True, 0.5, 0.1)
     assert world.clip.train.model_dump(exclude={"part_views"}) == validate(default).clip.train.model_dump(exclude={"part_views"})
+
+
+def test_large_parts_world_group_is_the_parts_world_with_objects_twice_the_size():
+    parts = compose(["dataset=synthetic_parts"], conf_dir=REPO / "conf")
+    large = compose(["dataset=synthetic_parts_large"], conf_dir=REPO / "conf")
+    assert {(s, k) for s in large for k in large[s] if large[s][k] != parts[s][k]} == {("dataset", "object_scale")}
+    assert validate(large).dataset.object_scale == 2.0 and validate(parts).dataset.object_scale == 1.0
 
 
 @pytest.mark.parametrize("overrides, message", [

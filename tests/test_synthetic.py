@@ -39,8 +39,9 @@ def test_masks_agree_with_image_level_labels():
     assert min(counts) == 1 and max(counts) == 3
 
 
-def test_context_background_sits_beside_its_object():
-    world = spec(cooccurrence=1.0, distractor=0.0)
+@pytest.mark.parametrize("object_scale", [1.0, 2.0])
+def test_context_background_sits_beside_its_object(object_scale):
+    world = spec(cooccurrence=1.0, distractor=0.0, object_scale=object_scale)
     near_fractions = []
     for i in range(40):
         s = render_scene(world, scene_rng(1, "train", i))
@@ -66,6 +67,31 @@ def test_cooccurrence_controls_context(cooccurrence, expect_context):
         for i in range(30)
     ]
     assert all(seen) if expect_context else not any(seen)
+
+
+def _object_and_context_pixels(world: WorldSpec, scenes: int) -> np.ndarray:
+    """(object pixels, pixels of its context) per single-object scene, the context on a neutral ground."""
+    counts = []
+    for i in range(scenes):
+        s = render_scene(world, scene_rng(5, "train", i))
+        context = (s.background == world.context_id(s.instance_classes[0])) & (s.label == 0)
+        counts.append(((s.label > 0).sum(), context.sum()))
+    return np.array(counts, float)
+
+
+def test_object_scale_grows_the_objects_and_keeps_their_contexts():
+    one = dict(min_objects=1, max_objects=1, cooccurrence=1.0, distractor=0.0)
+    default = _object_and_context_pixels(spec(**one), 60)
+    large = _object_and_context_pixels(spec(**one, object_scale=2.0), 60)
+    # Same scenes (same draws), each object twice the size: four times the pixels.
+    assert 3.5 < np.median(large[:, 0] / default[:, 0]) < 4.5
+    # The context covers about as much of the image as beside a default-sized object (a band under a
+    # train, a patch of grass: the same size, anchored at the object's ground) ...
+    assert 0.6 < large[:, 1].sum() / default[:, 1].sum() < 1.6
+    # ... so an object is no longer a small thing in a large context (0.17 of it by default, 0.72 here).
+    assert np.median(large[:, 0] / large[:, 1]) > 3 * np.median(default[:, 0] / default[:, 1])
+    with pytest.raises(ValueError, match="object_scale 3.0: objects must fit the image"):
+        spec(object_scale=3.0)
 
 
 def test_background_kinds_and_objects_look_different():

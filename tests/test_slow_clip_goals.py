@@ -15,7 +15,9 @@ def test_default_tiny_clip_meets_its_goals(tmp_path, mlflow_uri):
     metrics = json.loads((tmp_path / "metrics" / "clip.json").read_text())
     for key in ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked"):
         assert metrics[key] >= 0.90, key
-    assert metrics["context_margin"] >= 0.15
-    # 0.38 took 2400 steps; the 1000-step CLIP's 0.20 trains CLIMS CAMs as well (61.1 vs 58.4 mIoU
-    # on 1000 images), so the default buys the shorter training.
-    assert metrics["hole_margin"] >= 0.15
+    assert metrics["context_margin"] >= 0.3
+    # Measured on the default world (objects of 28-44 px): hole margin 0.49, part margin 0.66 (an
+    # object whole over its part alone: a head is not the bird), body margin 0.37 (a body left
+    # behind is still seen); the plain world's 14-22 px objects gave a hole margin of 0.20.
+    assert metrics["hole_margin"] >= 0.3
+    assert metrics["part_margin"] >= 0.4 and metrics["body_margin"] >= 0.2

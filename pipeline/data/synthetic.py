@@ -240,9 +240,9 @@ def _draw_object(kind: str, p: _Painter, rng: np.random.Generator, plain: bool =
 
 def _context_region(kind: str, cx, cy, s, t, size, rng) -> np.ndarray:
     """Where an object of size s has its context: water around and under the boat, rails under the
-    train, ... The context is as large as beside an object of size t (t = s in the default world,
-    smaller for scaled-up objects), sits at the object's own ground line and, where it surrounds
-    the object, still reaches past its rim."""
+    train, ... The context is as large as beside an object of size t (t = s unless objects are
+    scaled up), sits at the object's own ground line and, where it surrounds the object, still
+    reaches past its rim."""
     ground = cy + _GROUND_LINE[kind] * s
     mask = np.zeros((size, size), bool)
     yy, xx = np.mgrid[0:size, 0:size]

@@ -40,10 +40,8 @@ from pipeline.data.images import load_image  # noqa: E402
 from pipeline.data.manifest import read_manifest, same_shape_batches  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.io import label_png_path, read_label  # noqa: E402
-from pipeline.irn.sem_seg import walked_scores  # noqa: E402
+from pipeline.irn.sem_seg import labels_at, walked_scores  # noqa: E402
 from pipeline.metrics import IGNORE  # noqa: E402
-from pipeline.ops.crf import crf_labels, pairwise_kernel  # noqa: E402
-from pipeline.ops.maps import threshold_labels  # noqa: E402
 from pipeline.nets.boundary import boundary_map, load_boundary_net  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.scoring import ScoreTotals, context_ids, predict, summarise, threshold_totals, thresholds  # noqa: E402
@@ -81,9 +79,7 @@ def grid_objects(label: np.ndarray) -> tuple[list[int], int]:
 def crf_predictions(scores: torch.Tensor, images: torch.Tensor, class_ids: list, ts: np.ndarray, crf) -> np.ndarray:
     """Label maps (N, T, H, W) in class ids: the walked scores (N, K, H, W) thresholded at each
     background score of `ts`, then refined by the CRF on the images (one grouped CRF per batch)."""
-    kernel = pairwise_kernel(images * 255, crf)
-    thresholded = [threshold_labels(scores, float(t)) for t in ts]
-    refined = torch.stack(crf_labels(kernel, thresholded, scores.shape[1] + 1, crf), 1)  # (N, T, H, W)
+    refined = torch.stack(labels_at(scores, images, ts, crf), 1)  # (N, T, H, W)
     return np.stack([np.asarray([0, *ids], np.int64)[labels] for ids, labels in zip(class_ids, refined.numpy())])
 
 

@@ -31,10 +31,17 @@ def walk_labels(net: BoundaryNet, images: torch.Tensor, cams: torch.Tensor, cfg:
     With `crf`, the walked labels are refined by the dense CRF on the image. `precision`: the
     boundary net's pass (pipeline.precision); the walk runs in float32."""
     scores = walked_scores(cams, boundary_map(net, images, precision), cfg, images.shape[-2:])
-    labels = threshold_labels(scores, cfg.bg_threshold)
+    return labels_at(scores, images, [cfg.bg_threshold], crf)[0]
+
+
+def labels_at(scores: torch.Tensor, images: torch.Tensor, bg_thresholds, crf: CrfSection | None) -> list[torch.Tensor]:
+    """Label indices (N, H, W) in 0..K for each background score of `bg_thresholds`: the class
+    scores (N, K, H, W) arg-maxed against it and, with `crf`, refined by the dense CRF on the
+    images (one pairwise kernel for them all)."""
+    labels = [threshold_labels(scores, float(t)) for t in bg_thresholds]
     if crf is None:
         return labels
-    return crf_labels(pairwise_kernel(images * 255, crf), [labels], cams.shape[1] + 1, crf)[0]
+    return crf_labels(pairwise_kernel(images * 255, crf), labels, scores.shape[1] + 1, crf)
 
 
 def walked_scores(cams: torch.Tensor, boundary: torch.Tensor, cfg: MakeSemSeg, size: tuple[int, int]) -> torch.Tensor:

@@ -38,7 +38,6 @@ import yaml
 
 from common import (REPO, RESULTS, apply_overrides, cpu_model, kernel_environment, mean_std_worst, results_name,
                     set_key, write_results)
-from leak_by_class import context_leak_by_class
 
 TERMS = ("otm", "btm", "cbs", "reg")
 LOSS_OFF = {"otm": {"btm": 0.0, "cbs": 0.0, "reg": 0.0}, "otm_btm": {"cbs": 0.0, "reg": 0.0}, "otm_btm_cbs": {"reg": 0.0}}
@@ -73,14 +72,16 @@ def workspace(root: Path, name: str, params: dict, source: Path) -> Path:
     return folder
 
 
-def figures(folder: Path, record: str) -> dict:
+def figures(folder: Path, record: str, keys: tuple[str, ...] = ("miou", "best_threshold", "context_leak", "mask_miou")) -> dict:
     data = json.loads((folder / "metrics" / f"{record}.json").read_text())
-    return {k: data[k] for k in ("miou", "best_threshold", "context_leak", "mask_miou") if k in data}
+    return {k: data[k] for k in keys if k in data}
 
 
 def cam_figures(folder: Path, cams: str) -> dict:
     """eval_cam's figures and each class's context leak (the mean hides which class takes its context)."""
-    return {**figures(folder, f"cam_{cams}"), "context_leak_by_class": context_leak_by_class(folder, cams)}
+    found = figures(folder, f"cam_{cams}", ("miou", "best_threshold", "context_leak", "mask_miou", "per_class_context_leak"))
+    found["context_leak_by_class"] = found.pop("per_class_context_leak", {})
+    return found
 
 
 def earlier_baseline(folder: Path, params: dict) -> Path:

@@ -83,8 +83,12 @@ def summarise(totals: ScoreTotals, ts: np.ndarray, class_names: list[str], prefi
     has_context = totals.context > 0
     leak = None
     if has_context.any():
-        leak = (totals.leaked[:, has_context] / totals.context[has_context]).mean(-1)
+        by_class = totals.leaked[:, has_context] / totals.context[has_context]
+        leak = by_class.mean(-1)
         metrics[f"{prefix}context_leak"] = float(100 * leak[best])
+        # the mean hides which class takes its context: one class's event moves it by a sixth
+        names = [name for name, kept in zip(class_names, has_context) if kept]
+        metrics[f"{prefix}per_class_context_leak"] = {name: float(100 * v) for name, v in zip(names, by_class[best])}
     rows = [
         {"threshold": float(t), f"{prefix}miou": float(m), **({f"{prefix}context_leak": float(100 * leak[i])} if leak is not None else {})}
         for i, (t, m) in enumerate(zip(ts, curve_miou))

@@ -10,7 +10,7 @@ from pipeline.errors import UserError
 from pipeline.metrics import confusion, miou
 from pipeline.nets.cam_net import build_cam_net, save_cam_net
 from pipeline.params import BackboneSection, Distributed, MakeCam
-from pipeline.scoring import predict, summarise, threshold_totals, thresholds
+from pipeline.scoring import ScoreTotals, predict, summarise, threshold_totals, thresholds
 from tiny_scenes import SMALL, cam_net, scene
 
 
@@ -134,6 +134,10 @@ def test_sweep_finds_the_best_threshold_and_the_context_leak(tmp_path):
     low = rows[0]  # threshold 0.05: the 16 pixels at 0.4 are marked as the class
     assert low["context_leak"] == pytest.approx(100 * 16 / 32)
     assert low["miou"] == pytest.approx(100 * (44 / 60 + 4 / 20) / 2)
+    # Per class, at the best threshold and at 0.05 alone; class b, with no context pixel, has no figure.
+    assert metrics["per_class_context_leak"] == {"a": 0.0}
+    at_low, _ = summarise(ScoreTotals(totals.confusion[:1], totals.leaked[:1], totals.context), ts[:1], ["a", "b"])
+    assert at_low["per_class_context_leak"] == {"a": pytest.approx(50.0)}
 
 
 def _four_scenes(folder, seed: int) -> list:

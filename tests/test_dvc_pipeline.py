@@ -53,8 +53,9 @@ def test_the_context_leak_by_class_averages_to_eval_cams_leak(reproduced):
     for cams in ("baseline", "clims"):
         by_class = context_leak_by_class(root, cams)
         assert by_class and set(by_class) <= {"boat", "train", "plane", "car", "cow", "bird"}
-        leak = json.loads((root / "metrics" / f"cam_{cams}.json").read_text())["context_leak"]
-        assert sum(by_class.values()) / len(by_class) == pytest.approx(leak)
+        metrics = json.loads((root / "metrics" / f"cam_{cams}.json").read_text())
+        assert sum(by_class.values()) / len(by_class) == pytest.approx(metrics["context_leak"])
+        assert metrics["per_class_context_leak"] == pytest.approx(by_class)  # eval_cam records it too
 
 
 def test_prepare_data_writes_manifests_that_match_the_masks(reproduced):

@@ -41,6 +41,7 @@ def held_out_scorer(records: list[ImageRecord], dataset, scales: list[float], ts
         totals, cams = score_net(net, records, dataset, scales, ts, keep=overlays)
         figures, _ = summarise(totals, ts, dataset.class_names, "cam_")
         figures.pop("cam_per_class_iou")
+        figures.pop("cam_per_class_context_leak", None)  # the sweep logs scalars only
         shown = [r for r in records if r.image_id in cams]
         if shown:
             (Path(folder) / "overlays").mkdir(parents=True, exist_ok=True)

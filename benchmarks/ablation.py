@@ -72,14 +72,17 @@ def workspace(root: Path, name: str, params: dict, source: Path) -> Path:
     return folder
 
 
-def figures(folder: Path, record: str, keys: tuple[str, ...] = ("miou", "best_threshold", "context_leak", "mask_miou")) -> dict:
+FIGURES = ("miou", "best_threshold", "context_leak", "mask_miou")
+
+
+def figures(folder: Path, record: str, keys: tuple[str, ...] = FIGURES) -> dict:
     data = json.loads((folder / "metrics" / f"{record}.json").read_text())
     return {k: data[k] for k in keys if k in data}
 
 
 def cam_figures(folder: Path, cams: str) -> dict:
     """eval_cam's figures and each class's context leak (the mean hides which class takes its context)."""
-    found = figures(folder, f"cam_{cams}", ("miou", "best_threshold", "context_leak", "mask_miou", "per_class_context_leak"))
+    found = figures(folder, f"cam_{cams}", FIGURES + ("per_class_context_leak",))
     found["context_leak_by_class"] = found.pop("per_class_context_leak", {})
     return found
 

@@ -16,7 +16,8 @@ to the background score and the CRF). The stages run as their real commands in a
 per run that shares the rendered data and the CLIP of `--source` (default: this repository; run
 `dvc repro prepare_clip` there first); the folders stay in a temporary directory, named at the
 start. `--baselines RUNS` takes each seed's baseline net and CAMs from the kept folders of an
-earlier run (its `seed<N>-baseline`, trained with the same params) instead of training it again.
+earlier run (its `seed<N>-baseline`, trained with the same dataset and baseline settings; the CLIP and
+the CLIMS settings may differ) instead of training it again.
 
 Writes benchmarks/results/<out>.json (every run's figures) and prints the tables: CAM mIoU at
 each net's best background threshold, the paired gain of each row over the row before it (and
@@ -87,16 +88,33 @@ def cam_figures(folder: Path, cams: str) -> dict:
     return found
 
 
+BASELINE_STAGES = ("train_cam", "make_cam", "eval_cam")
+
+
+def baseline_keys() -> list[str]:
+    """The params the baseline's stages read (dvc.yaml), and the dataset its data is rendered from."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    keys = {key for name in BASELINE_STAGES for key in stages[name].get("do", stages[name]).get("params", [])}
+    return sorted(keys | {"dataset"})
+
+
+def get_key(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part, {}) if isinstance(tree, dict) else None
+    return tree
+
+
 def earlier_baseline(folder: Path, params: dict) -> Path:
-    """An earlier run's baseline folder, checked to be what this run would train (its run
-    folders differ only in where Ray keeps checkpoints)."""
+    """An earlier run's baseline folder, checked to be what this run would train: the same
+    params for the baseline's stages (a CLIP or CLIMS setting may differ; where Ray keeps
+    checkpoints may too)."""
     if not (folder / "metrics" / "cam_baseline.json").is_file():
         raise SystemExit(f"{folder}: no finished baseline there (metrics/cam_baseline.json is missing)")
     earlier = yaml.safe_load((folder / "params.yaml").read_text())
     ours = json.loads(json.dumps(params))
     for tree in (earlier, ours):
         tree["distributed"].pop("storage", None)
-    differing = sorted(key for key in ours.keys() | earlier.keys() if ours.get(key) != earlier.get(key))
+    differing = [key for key in baseline_keys() if get_key(ours, key) != get_key(earlier, key)]
     if differing:
         raise SystemExit(f"{folder}/params.yaml: its baseline was trained with other params ({', '.join(differing)})")
     return folder

@@ -69,7 +69,7 @@ class SyntheticDataset(DatasetSection):
     distractor: Probability
     plain_bodies: bool  # the parts world: only a part (head, sail, cab, ...) tells the class apart
     clutter: Probability  # probability of an unlabelled headless body in a scene
-    object_scale: Annotated[float, Field(gt=0.0, le=2.8)]  # objects this many times the default size; contexts keep theirs
+    object_scale: Annotated[float, Field(gt=0.0, le=2.8)]  # objects this many times 14-22 px (the plain world's); contexts keep their size
     classes: list[ObjectClass] = Field(min_length=2)
     backgrounds: list[BackgroundKind] = Field(min_length=2)
     background_prompts: Optional[list[str]]  # None: the background kinds' names
@@ -170,6 +170,7 @@ class TinyClipTraining(Section):
     cooccurrence: Probability  # how often the CLIP's own renders show the context
     eval_scenes: PositiveInt  # held-out renders for the zero-shot report
     part_views: Probability  # share of views showing a part alone or a body without its part
+    part_is_object: bool = False  # a view showing an object's distinctive part counts as showing the object
 
 
 class TinyClip(Section):

@@ -54,3 +54,10 @@ def test_an_earlier_baseline_is_reused_only_when_trained_with_the_same_params(tm
     other_seed = {**base_params, "train_cam": {**base_params["train_cam"], "seed": 7}}
     with pytest.raises(SystemExit, match=r"trained with other params \(train_cam\)"):
         earlier_baseline(folder, other_seed)
+    # What only CLIMS reads (the CLIP, its losses) may differ: the baseline never saw it.
+    other_clims = {**base_params, "clims_loss": {**base_params["clims_loss"], "weights": {"otm": 1.0}},
+                   "clip": {**base_params["clip"], "model_name": "another"}}
+    assert earlier_baseline(folder, other_clims) == folder
+    other_world = {**base_params, "dataset": {**base_params["dataset"], "seed": 7}}
+    with pytest.raises(SystemExit, match=r"trained with other params \(dataset\)"):
+        earlier_baseline(folder, other_world)

@@ -44,6 +44,23 @@ def test_visibility_targets_hand_computed():
     assert visibility_targets(concepts, view, torch.tensor([1.0]), 1, object_ramp=(0.25, 0.75))[0, 0] == 0.0
 
 
+def test_a_visible_part_counts_as_the_object_when_asked():
+    concepts = torch.zeros(1, 2, 4, 4)
+    concepts[0, 0, :2] = 1  # 8 object pixels, the first 2 its distinctive part
+    concepts[0, 1] = 1 - concepts[0, 0]
+    part_maps = torch.zeros(1, 1, 4, 4)
+    part_maps[0, 0, 0, :2] = 1
+    only_the_part = concepts * 0
+    only_the_part[0, 0, 0, :2] = 1
+    args = (concepts, only_the_part, torch.tensor([1.0]), 1)
+    assert visibility_targets(*args, object_ramp=(0.0, 1.0))[0, 0] == 2 / 8  # a quarter of the object
+    assert visibility_targets(*args, object_ramp=(0.0, 1.0), parts=(part_maps, part_maps))[0, 0] == 1.0
+    half_the_part = part_maps.clone()
+    half_the_part[0, 0, 0, 0] = 0
+    # Half the part on a 0.2..0.7 ramp: 0.6 (the object's own share, 2/8, would give 0.1).
+    assert visibility_targets(*args, parts=(part_maps, half_the_part))[0, 0].item() == pytest.approx(0.6)
+
+
 def test_masking_is_in_pixel_space_and_differentiable(small_clip):
     images = torch.rand(2, 3, 32, 32)
     black = small_clip.encode_images(torch.zeros(2, 3, 32, 32))
@@ -212,6 +229,11 @@ def test_part_views_show_a_part_alone_or_the_body_without_it():
     low, high = (shown < 0.5).float().mean(), (shown > 0.7).float().mean()
     # Half the views show the part (under half of most objects), half the body (over half).
     assert 0.3 < low < 0.7 and 0.25 < high < 0.7 and low + high > 0.85, (low, high)
+    # With part_is_object the same views (the flag draws no random numbers) count a part as the object.
+    _, as_object, _ = sample_views(pool, 256, torch.Generator().manual_seed(1), view_probs=probs, part_is_object=True)
+    assert (as_object >= targets).all() and torch.equal(as_object[:, 6:], targets[:, 6:])
+    shown_as_object = as_object[:, :6].max(1).values
+    assert (shown_as_object[shown < 0.5] > 0.7).float().mean() > 0.3  # (crops and eroded masks cut some parts out)
 
 
 def test_prepare_clip_with_pretrained_weights_writes_the_same_outputs(tmp_path, small_clip, base_params):

@@ -39,9 +39,8 @@ def held_out_scorer(records: list[ImageRecord], dataset, scales: list[float], ts
     <folder>/overlays/."""
     def evaluate(net, folder) -> dict:
         totals, cams = score_net(net, records, dataset, scales, ts, keep=overlays)
-        figures, _ = summarise(totals, ts, dataset.class_names, "cam_")
-        figures.pop("cam_per_class_iou")
-        figures.pop("cam_per_class_context_leak", None)  # the sweep logs scalars only
+        summary, _ = summarise(totals, ts, dataset.class_names, "cam_")
+        figures = {k: v for k, v in summary.items() if isinstance(v, (int, float))}  # the sweep logs scalars only
         shown = [r for r in records if r.image_id in cams]
         if shown:
             (Path(folder) / "overlays").mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ def train_tiny_clip(
     probs = view_probs(train.part_views)
     losses = []
     for step in tqdm(range(train.steps), desc="train tiny CLIP", unit="step", mininterval=5):
-        images, targets, weights = sample_views(pool, train.batch_size, generator, probs)
+        images, targets, weights = sample_views(pool, train.batch_size, generator, probs, train.part_is_object)
         text_features = F.normalize(model.encode_text(tokens), dim=-1)
         loss = multilabel_loss(clip, images, text_features, targets, weights)
         optimizer.zero_grad(set_to_none=True)

@@ -165,7 +165,9 @@ def _masks(pool: ScenePool, idx: torch.Tensor, kinds: torch.Tensor, generator: t
     has_object = visible.any(1)
     needs_object = torch.tensor([VIEW_KINDS.index(k) for k in ("object", "object_crop", "object_context", "hole", "part")])
     kinds = torch.where(torch.isin(kinds, needs_object) & ~has_object, VIEW_KINDS.index("whole"), kinds)
-    masks = torch.stack([candidates[name] for name in VIEW_KINDS], 1)[torch.arange(batch), kinds]
+    masks = torch.empty(batch, size, size)
+    for k, name in enumerate(VIEW_KINDS):
+        masks[kinds == k] = candidates[name][kinds == k]
     boxes = torch.where((kinds == VIEW_KINDS.index("object_crop")).view(-1, 1), _boxes(obj), torch.nan)
     return masks, boxes, kinds
 
@@ -179,12 +181,20 @@ def _jitter(masks: torch.Tensor, kinds: torch.Tensor, generator: torch.Generator
     batch = masks.shape[0]
     m = masks.unsqueeze(1)
     u = torch.rand(5, batch, generator=generator).view(5, batch, 1, 1, 1)
-    radius = torch.randint(1, 3, (batch,), generator=generator).view(batch, 1, 1, 1)
+    radius = torch.randint(1, 3, (batch,), generator=generator)
     hole = (kinds == VIEW_KINDS.index("hole")).view(batch, 1, 1, 1)
-    dilated = torch.where(radius == 1, F.max_pool2d(m, 3, 1, 1), F.max_pool2d(m, 5, 1, 2))
-    eroded = torch.where(radius == 1, -F.max_pool2d(-m, 3, 1, 1), -F.max_pool2d(-m, 5, 1, 2))
-    m = torch.where((u[0] < 0.25) & ~hole, dilated, torch.where(u[0] > 0.8, eroded, m))
-    m = torch.where((u[1] < 0.5) & ~hole, F.avg_pool2d(m, 3, 1, 1, count_include_pad=False), m)
+    # Each view's edge change on that view alone (pooling the whole batch each way was a quarter
+    # of a CLIP training step): grown (+1) or shrunk (-1, a max of the negated mask), radius 1 or 2.
+    changed = m.clone()
+    for sign, chosen in ((1, (u[0] < 0.25) & ~hole), (-1, u[0] > 0.8)):
+        for r in (1, 2):
+            views = chosen.flatten() & (radius == r)
+            if views.any():
+                changed[views] = sign * F.max_pool2d(sign * m[views], 2 * r + 1, 1, r)
+    m = changed
+    blurred = ((u[1] < 0.5) & ~hole).flatten()
+    if blurred.any():
+        m[blurred] = F.avg_pool2d(m[blurred], 3, 1, 1, count_include_pad=False)
     m = torch.where(u[2] < 0.25, m * (0.5 + 0.5 * u[3]), m)
     m = torch.where(u[4] < 0.2, m + (1 - m) * 0.2 * u[3], m)
     return m
@@ -215,14 +225,21 @@ def visibility_targets(
     num_classes: int,
     background_ref: float = BACKGROUND_REF,
     object_ramp: tuple[float, float] = OBJECT_RAMP,
+    parts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Targets in [0,1]: how visible each object is (its visible share, ramped) and each
-    background (its visible area over `background_ref` of the image)."""
+    background (its visible area over `background_ref` of the image). With `parts` (each class's
+    part pixels, B,K,H,W, and the view of them), an object also counts as there as far as its
+    distinctive part is (ramped the same way): a head alone is the bird."""
     seen = views.sum((2, 3)) * area_scale[:, None]  # in pixels of the original image
     total = concepts.sum((2, 3))
     size = concepts.shape[-1] * concepts.shape[-2]
-    share = seen[:, :num_classes] / total[:, :num_classes].clamp(min=1.0)
-    objects = (share - object_ramp[0]) / (object_ramp[1] - object_ramp[0])
+    ramp = lambda share: (share - object_ramp[0]) / (object_ramp[1] - object_ramp[0])  # noqa: E731
+    objects = ramp(seen[:, :num_classes] / total[:, :num_classes].clamp(min=1.0))
+    if parts is not None:
+        part_maps, part_views = parts
+        part_seen = part_views.sum((2, 3)) * area_scale[:, None]
+        objects = torch.maximum(objects, ramp(part_seen / part_maps.sum((2, 3)).clamp(min=1.0)))
     grounds = seen[:, num_classes:] / (background_ref * size)
     return torch.cat([objects, grounds], 1).clamp(0.0, 1.0)
 
@@ -236,9 +253,11 @@ def loss_weights(kinds: torch.Tensor, num_classes: int, num_concepts: int) -> to
     return weights
 
 
-def sample_views(pool: ScenePool, batch: int, generator: torch.Generator, view_probs=VIEW_PROBS):
+def sample_views(pool: ScenePool, batch: int, generator: torch.Generator, view_probs=VIEW_PROBS,
+                 part_is_object: bool = False):
     """A batch of training views: images (B,3,S,S in [0,1]), visibility targets (B,K+Bg) and
-    the loss weight of each target."""
+    the loss weight of each target. `part_is_object`: a view showing an object's distinctive part
+    shows the object (as a real CLIP says "bird" to a bird's head), whatever else of it is hidden."""
     idx = torch.randint(0, len(pool), (batch,), generator=generator)
     kinds = torch.multinomial(torch.tensor(view_probs, dtype=torch.float), batch, replacement=True, generator=generator)
     masks, boxes, kinds = _masks(pool, idx, kinds, generator)
@@ -248,5 +267,9 @@ def sample_views(pool: ScenePool, batch: int, generator: torch.Generator, view_p
     grid, area_scale = _crop_grid(boxes, images.shape[-1], generator)
     views = F.grid_sample(images * masks, grid, mode="bilinear", align_corners=False)
     seen = F.grid_sample(concepts * masks, grid, mode="bilinear", align_corners=False)
-    targets = visibility_targets(concepts, seen, area_scale, pool.num_classes)
+    parts = None
+    if part_is_object:
+        part_maps = concepts[:, : pool.num_classes] * pool.parts[idx].unsqueeze(1)
+        parts = part_maps, F.grid_sample(part_maps * masks, grid, mode="bilinear", align_corners=False)
+    targets = visibility_targets(concepts, seen, area_scale, pool.num_classes, parts=parts)
     return views, targets, loss_weights(kinds, pool.num_classes, targets.shape[1])

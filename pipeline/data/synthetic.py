@@ -40,8 +40,8 @@ class WorldSpec:
     # The parts world: bodies in one plain colour, so that only a part tells the class apart ...
     plain_bodies: bool = False
     clutter: float = 0.0  # ... and the probability of an unlabelled headless body in a scene
-    # Objects this many times the default size (so they span more cells of a stride-4 map); their
-    # contexts keep the size they have beside a default-sized object, anchored at the object's ground.
+    # Objects this many times the plain world's 14-22 px (so they span more cells of a stride-4 map); their
+    # contexts keep the size they have beside an unscaled object, anchored at the object's ground.
     object_scale: float = 1.0
 
     def __post_init__(self):

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import yaml
 
-from common import (REPO, RESULTS, apply_overrides, cpu_model, kernel_environment, mean_std_worst, results_name,
-                    set_key, write_results)
+from common import (REPO, RESULTS, apply_overrides, cpu_model, get_key, kernel_environment, mean_std_worst,
+                    results_name, set_key, write_results)
 
 TERMS = ("otm", "btm", "cbs", "reg")
 LOSS_OFF = {"otm": {"btm": 0.0, "cbs": 0.0, "reg": 0.0}, "otm_btm": {"cbs": 0.0, "reg": 0.0}, "otm_btm_cbs": {"reg": 0.0}}
@@ -92,16 +92,12 @@ BASELINE_STAGES = ("train_cam", "make_cam", "eval_cam")
 
 
 def baseline_keys() -> list[str]:
-    """The params the baseline's stages read (dvc.yaml), and the dataset its data is rendered from."""
+    """The params the baseline's stages read (dvc.yaml), and the dataset its data is rendered from;
+    a key inside another listed one (dataset.classes in dataset) is left to its parent."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     keys = {key for name in BASELINE_STAGES for key in stages[name].get("do", stages[name]).get("params", [])}
-    return sorted(keys | {"dataset"})
-
-
-def get_key(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part, {}) if isinstance(tree, dict) else None
-    return tree
+    keys.add("dataset")
+    return sorted(key for key in keys if not any(key.startswith(f"{parent}.") for parent in keys))
 
 
 def earlier_baseline(folder: Path, params: dict) -> Path:

@@ -56,6 +56,13 @@ def set_key(tree: dict, dotted: str, value) -> None:
     tree[leaf] = value
 
 
+def get_key(tree: dict, dotted: str):
+    """tree["a"]["b"] for dotted "a.b"; None where a level is missing."""
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
 def apply_overrides(params: dict, overrides: list[str]) -> dict:
     """Command-line `-S key=value` settings (YAML values) applied to a params tree, in place."""
     for override in overrides:

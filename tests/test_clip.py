@@ -174,6 +174,44 @@ def test_tiny_clip_learns_on_a_short_run():
     assert after["background_top1_masked"] >= 0.5 > before["background_top1_masked"]
 
 
+def test_training_only_the_used_token_rows_matches_training_the_whole_table(monkeypatch):
+    """The used-rows table is a speed-up only: the same weights as the whole table's training
+    (this machine: the same to the bit over 300 steps of the default CLIP), the rows no prompt
+    uses left as initialised, and the model's own nn.Embedding back in place."""
+    import contextlib
+    import copy
+
+    from pipeline.clip import train as clip_train
+    from pipeline.clip.views import render_pool
+    from pipeline.data.synthetic import WorldSpec
+    from pipeline.params import TinyClipTraining
+
+    spec = WorldSpec(64, ("boat", "cow"), ("water", "grass"), ("water", "grass", "sand"))
+    prompts = [f"a photo of {name}." for name in spec.classes + spec.backgrounds]
+    pool = render_pool(spec, 24, 0, "clip", frames=0.1)
+    train = TinyClipTraining(seed=0, steps=4, batch_size=8, lr=0.005, weight_decay=0.05, warmup_steps=2,
+                             pool_size=24, cooccurrence=0.3, eval_scenes=8, part_views=0.1)
+    torch.manual_seed(0)
+    initial = clip_model.build_tiny("test-rows", SMALL)
+    used = clip_model.wrap(copy.deepcopy(initial), "test-rows")
+    clip_train.train_tiny_clip(used, pool, prompts, train)
+    monkeypatch.setattr(clip_train, "used_token_rows", lambda model, tokens: contextlib.nullcontext())
+    whole = clip_model.wrap(copy.deepcopy(initial), "test-rows")
+    clip_train.train_tiny_clip(whole, pool, prompts, train)
+
+    assert type(used.model.token_embedding) is torch.nn.Embedding
+    assert set(used.model.state_dict()) == set(whole.model.state_dict())
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(used.model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    rows = used.tokenizer(prompts).unique()
+    unused = torch.ones(initial.token_embedding.num_embeddings, dtype=torch.bool)
+    unused[rows] = False
+    table, before = used.model.token_embedding.weight, initial.token_embedding.weight
+    assert torch.equal(table[unused], before[unused])
+    words = rows[rows != 0]  # id 0 pads the prompts after their end token, which reads nothing after it
+    assert (table[words] - before[words]).abs().amax(dim=1).min() > 1e-4  # every word's row trained
+
+
 @pytest.fixture(scope="module")
 def one_object_pool():
     from pipeline.clip.views import render_pool

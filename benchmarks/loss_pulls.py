@@ -13,6 +13,8 @@ weights, score and tau):
 - context: the exact mask grown over the class's context background (the failure L_CBS exists for);
 - half: each object of the class cut to its left half (a CAM on a discriminative part: the
   failure L_BTM exists for);
+- part: each object's distinctive part alone (the parts world: where a classifier's CAM stops;
+  on a world without parts this mask is empty);
 - box: each object's bounding box (the object and a little context around it, its outline hidden:
   tells whether the background view gives the class away by the context or by the hole's shape).
 
@@ -20,8 +22,9 @@ For each ablation variant (otm, otm_btm, otm_btm_cbs, full) it prints the mean l
 each mask and the share of pairs for which the exact mask costs less than every other; then, per
 class, the background view's score and each term's pull into the context (the mean over classes
 hides a class whose context gives it away). A variant whose loss is lower with the context than
-without pulls P into the context; L_BTM earns its place only where it makes the half mask dearer
-than the exact one by more than it makes the exact mask dearer than the context one.
+without pulls P into the context; L_BTM earns its place only where it makes the half (or part)
+mask dearer than the exact one by more than it makes the exact mask dearer than the context one;
+the per-class table also gives what L_OTM and L_BTM charge the part mask over the exact one.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from pipeline.data.prepare import world_spec  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.params import load_params, validate  # noqa: E402
 
-MASKS = ("exact", "context", "half", "box")
+MASKS = ("exact", "context", "half", "box", "part")
 VARIANTS = {"otm": ("otm",), "otm_btm": ("otm", "btm"), "otm_btm_cbs": ("otm", "btm", "cbs"), "full": ("otm", "btm", "cbs", "reg")}
 MIN_CONTEXT = 8
 
@@ -82,7 +85,7 @@ def probe_masks(pool: ScenePool) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
                 continue
             scenes.append(i)
             classes.append(c)
-            masks.append(torch.stack([exact, exact | context, left_halves(inst, exact), boxes(inst, exact)]))
+            masks.append(torch.stack([exact, exact | context, left_halves(inst, exact), boxes(inst, exact), exact & pool.parts[i]]))
     return torch.tensor(scenes), torch.tensor(classes), torch.stack(masks).float()
 
 
@@ -119,6 +122,8 @@ def by_class(per_mask: dict, classes: torch.Tensor, weights, names: list[str]) -
             "btm_pull": weights.btm * mean(per_mask["exact"]["btm"] - per_mask["context"]["btm"]),
             "otm_pull": weights.otm * mean(per_mask["exact"]["otm"] - per_mask["context"]["otm"]),
             "cbs_on_context": weights.cbs * mean(per_mask["context"]["cbs"]),
+            "otm_part": weights.otm * mean(per_mask["part"]["otm"] - per_mask["exact"]["otm"]),
+            "btm_part": weights.btm * mean(per_mask["part"]["btm"] - per_mask["exact"]["btm"]),
             "exact": mean(total["exact"]), "context": mean(total["context"]),
         }
     return rows
@@ -162,12 +167,14 @@ def main() -> None:
         report["variants"][variant] = {**{m: float(totals[i].mean()) for i, m in enumerate(MASKS)}, "exact_cheapest": cheapest}
         print(f"{variant:12}" + "".join(f"{float(t.mean()):9.3f}" for t in totals) + f"  {cheapest:6.1%}")
     report["by_class"] = by_class(per_mask, classes, weights, [c.name for c in params.dataset.classes])
-    print("\nby class (all four terms; a pull is the loss the exact mask pays over the context-grown one)")
+    print("\nby class (all four terms; a pull is the loss the exact mask pays over the context-grown one;\n"
+          "a part charge is what the part mask pays over the exact one)")
     print(f"{'class':7} {'pairs':>5} {'s(bg) exact':>11} {'s(bg) box':>9} {'L_BTM pull':>10} {'L_OTM pull':>10} "
-          f"{'L_CBS on ctx':>12} {'exact':>6} {'context':>7}")
+          f"{'L_CBS on ctx':>12} {'exact':>6} {'context':>7} {'L_OTM part':>10} {'L_BTM part':>10}")
     for name, row in report["by_class"].items():
         print(f"{name:7} {row['pairs']:5d} {row['s_bg_exact']:11.3f} {row['s_bg_box']:9.3f} {row['btm_pull']:10.2f} "
-              f"{row['otm_pull']:10.2f} {row['cbs_on_context']:12.2f} {row['exact']:6.2f} {row['context']:7.2f}")
+              f"{row['otm_pull']:10.2f} {row['cbs_on_context']:12.2f} {row['exact']:6.2f} {row['context']:7.2f} "
+              f"{row['otm_part']:10.2f} {row['btm_part']:10.2f}")
     out = write_results(args.out, report, quiet=True)
     print(f"\n{out.relative_to(REPO)}")
 

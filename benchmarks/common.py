@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -29,6 +30,14 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def digest(tensors) -> str:
+    """The SHA-256 (first 16 hex digits) of tensors' bytes: equal digests, equal numbers to the bit."""
+    h = hashlib.sha256()
+    for tensor in tensors:
+        h.update(tensor.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def results_name(name: str) -> str:

@@ -18,7 +18,6 @@ processors): the fingerprint to compare across machines.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, cpu_model, results_name, write_results
+from common import REPO, cpu_model, digest, results_name, write_results
 
 sys.path.insert(0, str(REPO))
 from pipeline.layout import git  # noqa: E402
@@ -43,13 +42,6 @@ SETTINGS = {
     "one thread": {"OMP_NUM_THREADS": "1"},
     "portable": PORTABLE,
 }
-
-
-def digest(tensors) -> str:
-    h = hashlib.sha256()
-    for tensor in tensors:
-        h.update(tensor.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def fingerprint(steps: int) -> dict:

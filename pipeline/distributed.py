@@ -8,6 +8,7 @@ import socket
 import sys
 from typing import Any, Callable, Sequence
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.errors import UserError
 from pipeline.storage import storage_path
 
@@ -188,5 +189,6 @@ def node_name() -> str:
 def _on_node(work: Callable[..., Any], folder: str, shard: list, *args) -> tuple[str, Any]:
     """A Ray task: a shard's work in the driver's folder (the manifests' relative paths hold
     there; on a cluster the project is shared at the same path), and the node it ran on."""
+    keep_freed_memory()
     os.chdir(folder)
     return node_name(), work(shard, *args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.errors import UserError
 from pipeline.params import Params, load_params
 
@@ -11,6 +12,7 @@ from pipeline.params import Params, load_params
 def run_stage(work: Callable[[Params], None]) -> None:
     """Run `work(params)`; bad params, bad input and the OS's refusals (disk full, permission
     denied) exit with status 2 and one line on stderr."""
+    keep_freed_memory()
     try:
         params = load_params()
         work(params)

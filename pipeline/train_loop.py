@@ -150,8 +150,10 @@ class RaySession:
         import ray.train
         import ray.train.torch
 
+        from pipeline.allocator import keep_freed_memory
         from pipeline.distributed import node_name
 
+        keep_freed_memory()  # a Ray worker process: the stage's own setting is not inherited
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.allocator import keep_freed_memory
+
 REPO = Path(__file__).resolve().parents[1]
+keep_freed_memory()  # as every stage does (pipeline/stage.py): the nets trained in-process run as there
 
 
 def pytest_collection_modifyitems(items):

@@ -2,10 +2,11 @@
 
 glibc serves every block above its mmap threshold (at most 32 MB) with a fresh mmap and unmaps
 it when freed, so a CPU net whose activations are that large faults its memory back in, page by
-zeroed page, on every pass: on 2 cores make_cam spent 31 of its 50 s in the kernel, and a tiny
-CLIP step took 358 ms instead of 287 (benchmarks/allocator.py). Serving those blocks from the
-heap, and never trimming it, costs a process its peak memory for its lifetime (+25 % at
-make_cam's peak) and changes no number: the same kernels run on the same values.
+zeroed page, on every pass: on 2 cores make_cam spent 31 of its 50 s in the kernel (32 s in all
+with this; the CLIP's and train_cam's steps gain about 6 %: benchmarks/allocator.py). Serving
+those blocks from the heap, and never trimming it, keeps a process at its peak memory for its
+lifetime (make_cam's peak grows 14-24 %) and changes no number: the same kernels run on the same
+values.
 """
 from __future__ import annotations
 

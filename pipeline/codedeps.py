@@ -10,8 +10,8 @@ takeover check.
 
 Modules that cannot change what a stage writes or what a net learns are left out (NEUTRAL):
 MLflow tracking, the headline figures it and the CLI print, the wrapper that prints a stage's
-errors, the CLI and this module. Editing them
-reruns nothing.
+errors, the allocator's setting (memory kept, the same numbers to the bit), the CLI and this
+module. Editing them reruns nothing.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 PACKAGE = "pipeline"
 PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
-NEUTRAL = frozenset(PACKAGE_DIR / name for name in ("tracking.py", "stage.py", "cli.py", "codedeps.py", "headline.py"))
+NEUTRAL = frozenset(PACKAGE_DIR / name for name in ("tracking.py", "stage.py", "allocator.py", "cli.py", "codedeps.py", "headline.py"))
 
 
 def module_file(name: str) -> Path | None:

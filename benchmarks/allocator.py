@@ -79,8 +79,9 @@ def train_cam(steps: int = 10):
 
     from pipeline.cam.train import baseline_step
 
-    params, net, images = cam_net_and_images(params_batch := 16)
-    labels = (torch.rand(params_batch, len(params.dataset.class_names), generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    batch = 16
+    params, net, images = cam_net_and_images(batch)
+    labels = (torch.rand(batch, len(params.dataset.class_names), generator=torch.Generator().manual_seed(1)) > 0.5).float()
     optimiser = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     start = time.perf_counter()
     for _ in range(steps):
@@ -109,15 +110,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return print(json.dumps(worker(*args.worker, args.clip_steps)))
-    # glibc reads its tunables at start-up: a child with them set would not show glibc's default
-    clean = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+    from pipeline.allocator import untuned_environment
+
     rows = {}
     print(f"{'workload':10} {'allocator':14} {'seconds':>8} {'sys s':>6} {'peak MB':>8}")
     for workload in ("clip", "make_cam", "train_cam"):
         rows[workload] = {}
         for allocator in ALLOCATORS:
             done = subprocess.run([sys.executable, __file__, "--worker", workload, allocator, "--clip-steps", str(args.clip_steps)],
-                                  env=clean, capture_output=True, text=True)
+                                  env=untuned_environment(), capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"{workload} ({allocator}): the run failed:\n{done.stderr[-2000:]}")
             row = rows[workload][allocator] = json.loads(done.stdout.strip().splitlines()[-1])

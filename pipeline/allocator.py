@@ -19,10 +19,20 @@ M_MMAP_MAX = -4
 NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int)
 
 
+def tunes_malloc(name: str) -> bool:
+    """Whether an environment variable sets glibc's malloc (GLIBC_TUNABLES or a MALLOC_*_ variable)."""
+    return name == "GLIBC_TUNABLES" or (name.startswith("MALLOC_") and name.endswith("_"))
+
+
 def user_tuned() -> bool:
-    """Whether the environment already sets glibc's malloc (GLIBC_TUNABLES or a MALLOC_*_ variable):
-    then it is left as the user set it."""
-    return "GLIBC_TUNABLES" in os.environ or any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ)
+    """Whether the environment already sets glibc's malloc: then it is left as the user set it."""
+    return any(tunes_malloc(name) for name in os.environ)
+
+
+def untuned_environment() -> dict[str, str]:
+    """This environment without glibc's malloc settings: a child started with it shows glibc's
+    default, or this module's setting (glibc reads its tunables once, at start-up)."""
+    return {name: value for name, value in os.environ.items() if not tunes_malloc(name)}
 
 
 def keep_freed_memory() -> bool:

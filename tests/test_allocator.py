@@ -1,12 +1,12 @@
 """pipeline.allocator: a freed 64 MB tensor stays in the process's heap, unless the user tunes malloc."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO
+from pipeline.allocator import untuned_environment
 
 # A child process (the setting lasts a process's lifetime): glibc's mallinfo2 before a 64 MB
 # tensor, while it is alive and after it is freed: mmapped bytes, the heap's size and its bytes in use.
@@ -34,8 +34,8 @@ MB = 2**20
 
 
 def probe(**env) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
-    done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env={**clean, **env}, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env={**untuned_environment(), **env}, capture_output=True,
+                          text=True, check=True)
     return json.loads(done.stdout.splitlines()[-1])
 
 

@@ -34,12 +34,12 @@ def clip_steps(steps: int):
     from pipeline.clip.prepare import prompts
     from pipeline.clip.train import train_tiny_clip
     from pipeline.clip.views import BACKGROUND_FRAMES, render_pool
-    from pipeline.data.prepare import world_spec
+    from pipeline.clip.prepare import clip_world
     from pipeline.params import load_params
 
     params = load_params(REPO / "params.yaml")
     cfg = params.clip
-    spec = world_spec(params.dataset, cfg.train.cooccurrence)
+    spec = clip_world(params.dataset, cfg.train)
     pool = render_pool(spec, 400, cfg.train.seed, "clip", frames=BACKGROUND_FRAMES)
     torch.manual_seed(cfg.train.seed)
     net = clip_model.build_tiny(cfg.model_name, cfg.architecture)

@@ -171,6 +171,7 @@ class TinyClipTraining(Section):
     eval_scenes: PositiveInt  # held-out renders for the zero-shot report
     part_views: Probability  # share of views showing a part alone or a body without its part
     part_is_object: bool = False  # a view showing an object's distinctive part counts as showing the object
+    clutter: Probability | None = None  # share of the CLIP's renders with an unlabelled headless body (None: the dataset's)
 
 
 class TinyClip(Section):

@@ -308,6 +308,26 @@ def test_missing_pretrained_weights_stop_the_stage_with_one_line(tmp_path, mlflo
     assert not (tmp_path / "artifacts").exists()
 
 
+def test_the_clip_learns_from_a_world_with_its_own_clutter(base_params):
+    """clip.train.clutter sets the share of the CLIP's renders with an unlabelled headless body
+    (none: the dataset's); the dataset keeps its own clutter for the data."""
+    from pipeline.clip.prepare import clip_world
+    from pipeline.clip.views import render_pool
+    from pipeline.params import validate
+
+    def clip_renders(dataset_clutter, clip_clutter):
+        base_params["dataset"].update(plain_bodies=True, clutter=dataset_clutter)
+        base_params["clip"]["train"]["clutter"] = clip_clutter
+        params = validate(base_params)
+        assert params.dataset.clutter == dataset_clutter
+        return render_pool(clip_world(params.dataset, params.clip.train), 12, 0, "clip").images
+
+    own = clip_renders(1.0, 0.0)
+    assert torch.equal(own, clip_renders(0.0, None))  # as if the dataset had no clutter
+    assert torch.equal(clip_renders(1.0, None), clip_renders(0.0, 1.0))
+    assert not torch.equal(own, clip_renders(1.0, None))
+
+
 def test_a_rerun_takes_over_the_tiny_clip_only_when_its_renders_are_the_same(tmp_path, base_params):
     """DVC reruns prepare_clip for any dataset change; the tiny CLIP is retrained only when what
     it learns from changes (its settings, what the renders look like, its code)."""

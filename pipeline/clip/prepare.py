@@ -15,6 +15,7 @@ from pipeline.clip.train import train_tiny_clip
 from pipeline.clip.views import BACKGROUND_FRAMES, render_pool
 from pipeline.codedeps import code_digest
 from pipeline.data.prepare import world_spec
+from pipeline.data.synthetic import WorldSpec
 from pipeline.data.real import split_records
 from pipeline.params import Params
 
@@ -23,6 +24,13 @@ TRAINING_CODE = "pipeline.clip.train"  # a change of it or of anything it import
 
 def prompts(template: str, names: list[str]) -> list[str]:
     return [template.format(name) for name in names]
+
+
+def clip_world(dataset, train) -> WorldSpec:
+    """The world the tiny CLIP learns from and is probed on: the dataset's, with the CLIP's own
+    co-occurrence and clutter (a web-scale CLIP has seen birds whole, captioned as birds, and
+    never learned that a bird's body without its head is nothing)."""
+    return world_spec(dataset, train.cooccurrence, train.clutter)
 
 
 def _trained_before(previous: Path | None, trained_from: dict) -> tuple[dict, dict] | None:
@@ -50,7 +58,7 @@ def _tiny_clip(params: Params, previous: Path | None, log_loss) -> tuple[torch.n
             "open_clip_config": clip_model.tiny_open_clip_config(cfg.architecture)}
     if not cfg.train.steps:
         return model, meta
-    spec = world_spec(params.dataset, cfg.train.cooccurrence)
+    spec = clip_world(params.dataset, cfg.train)
     world_prompts = prompts(params.dataset.prompt_template, list(spec.classes) + list(spec.backgrounds))
     trained_from = {"clip": cfg.model_dump(mode="json"), "world": dataclasses.asdict(spec), "prompts": world_prompts,
                     "code": code_digest(TRAINING_CODE)}
@@ -97,7 +105,7 @@ def prepare_clip(params: Params, out: Path, previous: Path | None = None, log_lo
     }
     metrics = {f"train_{key}": value for key, value in meta.get("training", {}).items()}
     if dataset.name == "synthetic":
-        spec = world_spec(dataset, cfg.train.cooccurrence if cfg.source == "tiny" else None)
+        spec = clip_world(dataset, cfg.train) if cfg.source == "tiny" else world_spec(dataset)
         world_texts = clip.encode_texts(prompts(template, list(spec.classes) + list(spec.backgrounds)))
         eval_pool = render_pool(spec, eval_count, seed, "clip-eval")
         metrics.update(clip_report(clip, spec, eval_pool, world_texts[: len(spec.classes)], world_texts[len(spec.classes) :]))

@@ -19,7 +19,7 @@ from pipeline.params import Dataset, SyntheticDataset
 SPLITS = (TRAIN, VAL)
 
 
-def world_spec(dataset: SyntheticDataset, cooccurrence: float | None = None) -> WorldSpec:
+def world_spec(dataset: SyntheticDataset, cooccurrence: float | None = None, clutter: float | None = None) -> WorldSpec:
     return WorldSpec(
         image_size=dataset.image_size,
         classes=tuple(dataset.class_names),
@@ -30,7 +30,7 @@ def world_spec(dataset: SyntheticDataset, cooccurrence: float | None = None) -> 
         cooccurrence=dataset.cooccurrence if cooccurrence is None else cooccurrence,
         distractor=dataset.distractor,
         plain_bodies=dataset.plain_bodies,
-        clutter=dataset.clutter,
+        clutter=dataset.clutter if clutter is None else clutter,
         object_scale=dataset.object_scale,
     )
 

@@ -31,10 +31,9 @@ def clip_steps(steps: int):
     import torch
 
     from pipeline.clip import model as clip_model
-    from pipeline.clip.prepare import prompts
+    from pipeline.clip.prepare import clip_world, prompts
     from pipeline.clip.train import train_tiny_clip
     from pipeline.clip.views import BACKGROUND_FRAMES, render_pool
-    from pipeline.clip.prepare import clip_world
     from pipeline.params import load_params
 
     params = load_params(REPO / "params.yaml")

@@ -205,7 +205,7 @@ class BackboneSection(Section):
     name: Literal["small_resnet", "resnet18", "resnet34", "resnet50", "resnet101"]
     strides: list[Stride] = Field(min_length=4, max_length=4)  # conv1, layer2, layer3, layer4
     widths: Optional[list[PositiveInt]]  # small_resnet only: channels of layer1..layer4
-    blocks: Optional[list[PositiveInt]]  # small_resnet only: blocks per layer
+    blocks: Optional[list[NonNegativeInt]]  # small_resnet only: blocks per layer (0: the layer is left out)
     weights: Optional[str]  # torchvision ResNets: a local ImageNet state dict (nothing is downloaded)
 
     @model_validator(mode="after")
@@ -217,6 +217,11 @@ class BackboneSection(Section):
                     raise ValueError(f"{key}: small_resnet needs 4 values (one per layer)")
             if self.weights:
                 raise ValueError("weights: small_resnet is trained from scratch; set weights to null")
+            if not any(self.blocks):
+                raise ValueError("blocks: small_resnet needs at least one block")
+            strided_empty = [f"layer{n}" for n, b, s in zip((2, 3, 4), self.blocks[1:], self.strides[1:]) if b == 0 and s != 1]
+            if strided_empty:
+                raise ValueError(f"blocks: {strided_empty[0]} has no blocks to carry its stride (set its stride to 1)")
         return self
 
 
@@ -297,7 +302,7 @@ class TrainCam(Optimisation):
 class TrainClims(Optimisation):
     """The CLIMS net, initialised from the baseline's weights."""
 
-    init_bias: Optional[float]  # a head bias starting here, so that P starts small; null: no bias (the reference)
+    init_bias: Optional[float]  # a head bias starting here, shifting where P starts; null: no bias (the reference)
 
 
 class LossWeights(Section):

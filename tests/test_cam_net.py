@@ -73,3 +73,38 @@ def test_activation_checkpointing_gives_the_same_outputs_gradients_and_statistic
         torch.testing.assert_close(a.grad, b.grad, msg=key)
     for (key, a), b in zip(plain.state_dict().items(), recomputed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=key)  # running means, variances and batch counts
+
+
+def _receptive_field(blocks: list[int]) -> int:
+    """How many input columns reach the centre cell of the output (the support of its gradient)."""
+    from pipeline.nets.backbone import small_resnet
+
+    torch.manual_seed(0)
+    net = small_resnet([8, 8, 16, 16], blocks, [1, 2, 1, 1]).eval()
+    image = torch.rand(1, 3, 64, 64, requires_grad=True)
+    out = net(image)
+    out[0, :, out.shape[-2] // 2, out.shape[-1] // 2].sum().backward()
+    columns = torch.nonzero(image.grad.abs().sum((0, 1, 2)))
+    return int(columns.max() - columns.min() + 1)
+
+
+def test_a_small_resnet_without_its_last_layers_sees_less_of_the_image():
+    # stem conv 3 and max-pool 3/2: 5 px; each BasicBlock at jump 2 adds 8, at jump 4 16 (layer2's
+    # strided conv adds 4): 25 px with layers 3 and 4 left out, 57 with every layer
+    assert _receptive_field([1, 1, 0, 0]) == 25
+    assert _receptive_field([1, 1, 1, 1]) == 57
+    from pipeline.nets.backbone import small_resnet
+
+    shallow = small_resnet([8, 8, 16, 16], [1, 1, 0, 0], [1, 2, 1, 1])
+    assert shallow.out_channels == 8 and shallow(torch.rand(1, 3, 64, 64)).shape == (1, 8, 16, 16)
+
+
+def test_a_left_out_layer_cannot_carry_a_stride():
+    from pydantic import ValidationError
+
+    from pipeline.params import BackboneSection
+
+    with pytest.raises(ValidationError, match="layer3 has no blocks to carry its stride"):
+        BackboneSection(name="small_resnet", strides=[1, 2, 2, 1], widths=[8, 8, 16, 16], blocks=[1, 1, 0, 0], weights=None)
+    with pytest.raises(ValidationError, match="at least one block"):
+        BackboneSection(name="small_resnet", strides=[1, 1, 1, 1], widths=[8, 8, 16, 16], blocks=[0, 0, 0, 0], weights=None)

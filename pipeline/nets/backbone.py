@@ -93,9 +93,12 @@ def small_resnet(widths: list[int], blocks: list[int], strides: list[int]) -> Ba
     )
     layers, inplanes = [], widths[0]
     for planes, count, stride in zip(widths, blocks, [1, *strides[1:]]):
+        if count == 0:  # an empty layer passes its input on: a shallower net with a smaller receptive field
+            layers.append(nn.Sequential())
+            continue
         layers.append(_make_layer(inplanes, planes, count, stride))
         inplanes = planes
-    return Backbone(stem, layers, widths[-1])
+    return Backbone(stem, layers, inplanes)
 
 
 def _restride(layer: nn.Sequential, stride: int) -> None:

@@ -303,6 +303,7 @@ class TrainClims(Optimisation):
     """The CLIMS net, initialised from the baseline's weights."""
 
     init_bias: Optional[float]  # a head bias starting here, shifting where P starts; null: no bias (the reference)
+    init_head_scale: PositiveFloat  # the baseline's head weights times this at the start: P = sigmoid(scale x logits + bias); 1: the reference
 
 
 class LossWeights(Section):

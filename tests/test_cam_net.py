@@ -45,6 +45,9 @@ def test_clims_head_starts_as_the_baseline_with_or_without_a_bias():
     shifted = clims_net_from(baseline, SMALL, -4.0).eval()
     assert shifted.classifier.bias.tolist() == [-4.0] * 3
     torch.testing.assert_close(shifted(images), expected - 4.0)
+    scaled = clims_net_from(baseline, SMALL, -4.0, head_scale=0.1).eval()
+    torch.testing.assert_close(scaled(images), 0.1 * expected - 4.0)
+    torch.testing.assert_close(baseline(images), expected)  # the baseline's own head is left alone
 
 
 @pytest.mark.parametrize("name", ["small_resnet", "resnet50"])

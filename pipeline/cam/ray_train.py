@@ -30,21 +30,26 @@ def build_training(job: TrainJob, device):
         return build_cam_net(params.backbone, num_classes).to(device), baseline_step
     from pipeline.clip.model import load_clip
 
-    net = clims_net_from(load_cam_net(job.init_net)[0], params.backbone, params.train_clims.init_bias)
+    net = clims_net_from(load_cam_net(job.init_net)[0], params.backbone, params.train_clims.init_bias,
+                         params.train_clims.init_head_scale)
     clip, texts = load_clip(job.clip_dir, device)
     clip.model.set_grad_checkpointing(params.distributed.activation_checkpointing)
     loss_fn = clims_loss_from(params, clip, texts, job.tau if job.tau is not None else 0.0).to(device)
     return net.to(device), lambda model, images, labels: clims_step(model, loss_fn, images, labels)
 
 
-def clims_net_from(baseline: CamNet, backbone: BackboneSection, init_bias: float | None) -> CamNet:
+def clims_net_from(baseline: CamNet, backbone: BackboneSection, init_bias: float | None,
+                   head_scale: float = 1.0) -> CamNet:
     """The CLIMS net starts as the baseline; with `init_bias`, its head gains a bias starting
-    there (so that P starts small), else it has none, as the reference's."""
+    there (so that P starts small), else it has none, as the reference's. `head_scale` multiplies
+    the head's weights: below 1 it softens a P that the baseline's large logits make nearly binary."""
     net = build_cam_net(backbone.model_copy(update={"weights": None}), baseline.classifier.out_channels,
                         bias=init_bias is not None)
     net.load_state_dict(baseline.state_dict(), strict=False)  # all but a new bias
     if init_bias is not None:
         torch.nn.init.constant_(net.classifier.bias, init_bias)
+    with torch.no_grad():
+        net.classifier.weight.mul_(head_scale)
     return net
 
 

@@ -2,7 +2,7 @@
 their class's context, the rest of the ground.
 
     python benchmarks/cam_regions.py RUNS [--seeds 0 1 2] [--variants baseline otm otm_btm ...]
-                                          [--start-biases -4 -50] [--out NAME]
+                                          [--start-biases -4 -50] [--start-head-scale 0.1] [--out NAME]
 
 RUNS is a folder `benchmarks/ablation.py` kept (its `seed<N>-<variant>` run folders, each with its
 CAM files and eval_cam's metrics). For every training image and each of its classes, the class's
@@ -21,8 +21,9 @@ mIoU scores; the class's CAM alone, without the other classes' competition), the
 mask its losses trained, for the baseline the mask every CLIMS variant starts from (its head is
 the baseline's, shifted by `train_clims.init_bias`). Means over (image, class) pairs. A classifier's
 CAM on the discriminative part alone covers the part and leaves the body: body well below part.
-`--start-biases` adds, for the baseline runs, where P = sigmoid(logits + b) of the baseline net
-starts a CLIMS run with `train_clims.init_bias: b` (one pass over the whole image).
+`--start-biases` adds, for the baseline runs, where P = sigmoid(s x logits + b) of the baseline net
+starts a CLIMS run with `train_clims.init_bias: b` and `init_head_scale: s` (`--start-head-scale`,
+1 by default; one pass over the whole image).
 Writes benchmarks/results/<out>.json and prints each variant's mean over the seeds.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ from common import REPO, results_name, write_results
 
 sys.path.insert(0, str(REPO))
 from pipeline import layout  # noqa: E402
+from pipeline.cam.ray_train import clims_net_from  # noqa: E402
 from pipeline.data.cam_files import cam_path, load_cam  # noqa: E402
 from pipeline.data.images import load_image  # noqa: E402
 from pipeline.data.manifest import read_manifest  # noqa: E402
@@ -60,15 +62,19 @@ def regions(scene, spec, class_id: int) -> dict[str, np.ndarray]:
     return {"part": own & scene.parts, "body": own & ~scene.parts, "context": context, "ground": free & ~context}
 
 
-def run_regions(folder: Path, images: int | None, start_biases: list[float]) -> dict:
+def run_regions(folder: Path, images: int | None, start_biases: list[float], head_scale: float = 1.0) -> dict:
     """Each region's CAM coverage and means over the run's training images; for a baseline run
-    with `start_biases`, also where P = sigmoid(logits + bias) of its net starts a CLIMS run."""
+    with `start_biases`, also where P = sigmoid(head_scale x logits + bias) of its net starts a
+    CLIMS run."""
     params = load_params(folder / "params.yaml")
     if params.dataset.name != "synthetic" or not params.dataset.plain_bodies:
         raise SystemExit(f"{folder / 'params.yaml'}: cam_regions needs the synthetic parts world (dataset.plain_bodies)")
     kind = "clims" if (folder / layout.cams_dir("clims")).is_dir() else "baseline"
     threshold = json.loads((folder / layout.METRICS_DIR / f"cam_{kind}.json").read_text())["best_threshold"]
-    net = load_cam_net(folder / layout.net_dir("baseline"))[0].eval() if kind == "baseline" and start_biases else None
+    net = None
+    if kind == "baseline" and start_biases:  # the CLIMS start's head without its bias, which is added per b below
+        baseline = load_cam_net(folder / layout.net_dir("baseline"))[0]
+        net = clims_net_from(baseline, params.backbone, None, head_scale).eval()
     spec = world_spec(params.dataset)
     records = read_manifest(folder / layout.manifest_path(layout.TRAIN_EVAL))[:images]
     figures = {name: defaultdict(list) for name in REGIONS}
@@ -103,12 +109,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="the first N training images only")
     parser.add_argument("--start-biases", type=float, nargs="*", default=[],
                         help="baseline runs: also P = sigmoid(logits + b) of the net for each b (train_clims.init_bias)")
+    parser.add_argument("--start-head-scale", type=float, default=1.0,
+                        help="with --start-biases: the baseline's head weights times this (train_clims.init_head_scale)")
     parser.add_argument("--out", type=results_name, default="cam_regions", help="results name: benchmarks/results/<out>.json")
     args = parser.parse_args()
     missing = [f"seed{s}-{v}" for s in args.seeds for v in args.variants if not (args.runs / f"seed{s}-{v}").is_dir()]
     if missing:
         raise SystemExit(f"{args.runs}: no run folder {', '.join(missing)}")
-    runs = {f"seed{s}/{v}": run_regions(args.runs / f"seed{s}-{v}", args.images, args.start_biases)
+    runs = {f"seed{s}/{v}": run_regions(args.runs / f"seed{s}-{v}", args.images, args.start_biases, args.start_head_scale)
             for s in args.seeds for v in args.variants}
     print(f"share of each region above the run's best threshold (above {PEAK}); P's mean; mean over seeds {args.seeds}")
     print(f"{'variant':12}" + "".join(f"{name:>22}" for name in REGIONS))
@@ -123,7 +131,8 @@ def main() -> None:
         key = f"start_p_bias{b:g}"
         means = [np.mean([runs[f"seed{s}/baseline"]["regions"][name][key] for s in args.seeds]) for name in REGIONS]
         print(f"{'start ' + format(b, 'g'):12}" + "".join(f"{'P ' + format(m, '.2f'):>22}" for m in means))
-    out = write_results(args.out, {"runs_folder": str(args.runs.resolve()), "images": args.images, "runs": runs}, quiet=True)
+    out = write_results(args.out, {"runs_folder": str(args.runs.resolve()), "images": args.images,
+                                   "start_head_scale": args.start_head_scale, "runs": runs}, quiet=True)
     print(out.relative_to(REPO))
 
 

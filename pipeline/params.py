@@ -172,6 +172,14 @@ class TinyClipTraining(Section):
     part_views: Probability  # share of views showing a part alone or a body without its part
     part_is_object: bool = False  # a view showing an object's distinctive part counts as showing the object
     clutter: Probability | None = None  # share of the CLIP's renders with an unlabelled headless body (None: the dataset's)
+    # An object's visible share below which it counts as absent and from which as fully there.
+    object_ramp: list[Probability] = Field(default=[0.2, 0.7], min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _ramp_rises(self):
+        if not self.object_ramp[0] < self.object_ramp[1]:
+            raise ValueError(f"object_ramp {list(self.object_ramp)}: the first share must be below the second")
+        return self
 
 
 class TinyClip(Section):

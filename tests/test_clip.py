@@ -272,6 +272,11 @@ def test_part_views_show_a_part_alone_or_the_body_without_it():
     assert (as_object >= targets).all() and torch.equal(as_object[:, 6:], targets[:, 6:])
     shown_as_object = as_object[:, :6].max(1).values
     assert (shown_as_object[shown < 0.5] > 0.7).float().mean() > 0.3  # (crops and eroded masks cut some parts out)
+    # An earlier ramp (an object counts from 10 % of it visible, fully from 40 %) raises every
+    # object's target and no background's: a part alone now counts in part.
+    _, earlier, _ = sample_views(pool, 256, torch.Generator().manual_seed(1), view_probs=probs, object_ramp=(0.1, 0.4))
+    assert (earlier >= targets).all() and torch.equal(earlier[:, 6:], targets[:, 6:])
+    assert earlier[:, :6].max(1).values[shown < 0.5].mean() > shown[shown < 0.5].mean() + 0.15  # (0.08 -> 0.27)
 
 
 def test_prepare_clip_with_pretrained_weights_writes_the_same_outputs(tmp_path, small_clip, base_params):

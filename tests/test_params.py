@@ -68,6 +68,14 @@ def test_out_of_range_and_inconsistent_values(base_params, section, key, value, 
     assert expected in _error(raw)
 
 
+def test_an_object_ramp_that_does_not_rise_is_named(base_params):
+    raw = copy.deepcopy(base_params)
+    raw["clip"]["train"]["object_ramp"] = [0.7, 0.2]
+    assert "object_ramp [0.7, 0.2]: the first share must be below the second" in _error(raw)
+    raw["clip"]["train"]["object_ramp"] = [0.2]
+    assert "clip.train.object_ramp" in _error(raw)
+
+
 def test_missing_section_and_unknown_group(base_params):
     raw = copy.deepcopy(base_params)
     del raw["tracking"]

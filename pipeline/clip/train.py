@@ -102,7 +102,8 @@ def _optimise(clip: FrozenClip, pool: ScenePool, tokens: torch.Tensor, train, on
     probs = view_probs(train.part_views)
     losses = []
     for step in tqdm(range(train.steps), desc="train tiny CLIP", unit="step", mininterval=5):
-        images, targets, weights = sample_views(pool, train.batch_size, generator, probs, train.part_is_object)
+        images, targets, weights = sample_views(pool, train.batch_size, generator, probs, train.part_is_object,
+                                                  tuple(train.object_ramp))
         text_features = F.normalize(model.encode_text(tokens), dim=-1)
         loss = multilabel_loss(clip, images, text_features, targets, weights)
         optimizer.zero_grad(set_to_none=True)

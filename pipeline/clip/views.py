@@ -21,7 +21,7 @@ from pipeline.data.synthetic import Scene, WorldSpec, render_background, render_
 # An object counts as absent below 20 % visible and as fully there from 70 %, linearly between:
 # a rim or a dark ghost left by a loose hole is not the object, and a mask need not be
 # pixel-perfect to show it. Without the ramp, partly visible objects made the CLIP hedge
-# (crops scored 0.57, holes 0.54).
+# (crops scored 0.57, holes 0.54). The default of clip.train.object_ramp.
 OBJECT_RAMP = (0.2, 0.7)
 BACKGROUND_REF = 0.04  # a background counts as fully there from 4 % of the image
 BACKGROUND_FRAMES = 0.1  # share of the training pool that shows one background and no object
@@ -254,10 +254,11 @@ def loss_weights(kinds: torch.Tensor, num_classes: int, num_concepts: int) -> to
 
 
 def sample_views(pool: ScenePool, batch: int, generator: torch.Generator, view_probs=VIEW_PROBS,
-                 part_is_object: bool = False):
+                 part_is_object: bool = False, object_ramp: tuple[float, float] = OBJECT_RAMP):
     """A batch of training views: images (B,3,S,S in [0,1]), visibility targets (B,K+Bg) and
     the loss weight of each target. `part_is_object`: a view showing an object's distinctive part
-    shows the object (as a real CLIP says "bird" to a bird's head), whatever else of it is hidden."""
+    shows the object (as a real CLIP says "bird" to a bird's head), whatever else of it is hidden.
+    `object_ramp`: the visible shares of an object at which it starts to count and counts fully."""
     idx = torch.randint(0, len(pool), (batch,), generator=generator)
     kinds = torch.multinomial(torch.tensor(view_probs, dtype=torch.float), batch, replacement=True, generator=generator)
     masks, boxes, kinds = _masks(pool, idx, kinds, generator)
@@ -271,5 +272,5 @@ def sample_views(pool: ScenePool, batch: int, generator: torch.Generator, view_p
     if part_is_object:
         part_maps = concepts[:, : pool.num_classes] * pool.parts[idx].unsqueeze(1)
         parts = part_maps, F.grid_sample(part_maps * masks, grid, mode="bilinear", align_corners=False)
-    targets = visibility_targets(concepts, seen, area_scale, pool.num_classes, parts=parts)
+    targets = visibility_targets(concepts, seen, area_scale, pool.num_classes, object_ramp=object_ramp, parts=parts)
     return views, targets, loss_weights(kinds, pool.num_classes, targets.shape[1])

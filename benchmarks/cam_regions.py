@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["baseline", "otm", "otm_btm", "otm_btm_cbs", "full"])
     parser.add_argument("--images", type=int, help="the first N training images only")
     parser.add_argument("--start-biases", type=float, nargs="*", default=[],
-                        help="baseline runs: also P = sigmoid(logits + b) of the net for each b (train_clims.init_bias)")
+                        help="baseline runs: also P = sigmoid(s x logits + b) of the net for each b (train_clims.init_bias)")
     parser.add_argument("--start-head-scale", type=float, default=1.0,
                         help="with --start-biases: the baseline's head weights times this (train_clims.init_head_scale)")
     parser.add_argument("--out", type=results_name, default="cam_regions", help="results name: benchmarks/results/<out>.json")

@@ -2,7 +2,7 @@
 from pipeline import layout, tracking
 from pipeline.cam.infer import make_cams
 from pipeline.data.manifest import read_manifest
-from pipeline.stage import run_stage, stage_argument
+from pipeline.stage import run_stage
 
 
 def main(params, kind: str):
@@ -14,4 +14,4 @@ def main(params, kind: str):
 
 
 if __name__ == "__main__":
-    run_stage(lambda params: main(params, stage_argument(layout.CAM_NETS)))
+    run_stage(main, choices=layout.CAM_NETS)

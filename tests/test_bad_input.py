@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_stage as run_stage_command
 from miniature_data import voc_tree
 from pipeline import cli
 from pipeline.cam.infer import make_cams
@@ -109,9 +109,27 @@ def test_an_os_refusal_in_a_stage_is_one_line_and_exit_2(monkeypatch, capsys):
         raise PermissionError(13, "Permission denied", "/data/out/weights.pt")
 
     with pytest.raises(SystemExit) as exited:
-        run_stage(work)
+        run_stage(work, argv=[])
     assert exited.value.code == 2
     assert capsys.readouterr().err == "error: /data/out/weights.pt: Permission denied\n"
+
+
+@pytest.mark.parametrize(
+    "name, args, code",
+    [("prepare_clip", ["--help"], 0), ("train_cam", ["--epochs", "3"], 2), ("make_cam", [], 2), ("make_cam", ["-h"], 0)],
+)
+def test_a_stage_given_a_flag_runs_nothing_and_says_how_it_is_run(tmp_path, mlflow_uri, name, args, code):
+    """Stages take their settings from params.yaml: a flag on the command line (even --help)
+    must not start the stage, which would train and overwrite its outputs."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    result = run_stage_command(name, tmp_path, mlflow_uri, *args)
+    usage = f"usage: python {REPO / 'stages' / name}.py" + (" {baseline,clims}" if name == "make_cam" else "")
+    assert result.returncode == code, result.stderr
+    if code == 0:
+        assert result.stdout.startswith(usage) and f"DVC stage {name}" in result.stdout
+    else:
+        assert result.stderr.startswith(f"error: {usage} ") and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_clims_ui_on_a_busy_port_is_one_line_and_port_0_is_a_real_port(monkeypatch, capsys):

@@ -174,11 +174,14 @@ class TinyClipTraining(Section):
     clutter: Probability | None = None  # share of the CLIP's renders with an unlabelled headless body (None: the dataset's)
     # An object's visible share below which it counts as absent and from which as fully there.
     object_ramp: list[Probability] = Field(default=[0.2, 0.7], min_length=2, max_length=2)
+    # Weight of a pull of every absent object's cosine down to 0, wherever it is absent (its
+    # context, the ground, a hole): the sigmoid objective stops pushing at about 0.2.
+    absent_weight: Annotated[float, Field(ge=0.0)] = 0.0
 
     @model_validator(mode="after")
     def _ramp_rises(self):
         if not self.object_ramp[0] < self.object_ramp[1]:
-            raise ValueError(f"object_ramp {list(self.object_ramp)}: the first share must be below the second")
+            raise ValueError(f"object_ramp {self.object_ramp}: the first share must be below the second")
         return self
 
 

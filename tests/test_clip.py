@@ -61,6 +61,32 @@ def test_a_visible_part_counts_as_the_object_when_asked():
     assert visibility_targets(*args, parts=(part_maps, half_the_part))[0, 0].item() == pytest.approx(0.6)
 
 
+def test_the_absent_pull_charges_only_objects_a_view_does_not_show():
+    """The sigmoid BCE plus absent_weight * mean relu(cos)^2 over the (view, object) pairs whose
+    target is 0: a view's background concepts and the objects it shows are not charged, and an
+    absent object already below 0 costs nothing but still counts in the mean."""
+    from types import SimpleNamespace
+
+    from pipeline.clip.train import multilabel_loss
+
+    # Concepts: one object (text e0), one background (text e1). Views' cosines with the object:
+    # 0.6 (absent), -0.5 (absent), 0.8 (shown); every view has cosine 0.7 or so with the background.
+    angle = lambda c: [c, (1 - c * c) ** 0.5]  # noqa: E731
+    features = torch.tensor([angle(0.6), [-0.5, 0.75**0.5], angle(0.8)])
+    texts = torch.eye(2)
+    targets = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    weights = torch.ones(3, 2)
+    model = SimpleNamespace(logit_scale=torch.tensor(10.0).log(), logit_bias=torch.tensor(-5.0))
+    clip = SimpleNamespace(model=model, encode_images=lambda images: images)
+
+    plain = multilabel_loss(clip, features, texts, targets, weights)
+    logits = 10 * features @ texts.T - 5
+    assert torch.isclose(plain, F.binary_cross_entropy_with_logits(logits, targets))
+    assert torch.isclose(multilabel_loss(clip, features, texts, targets, weights, 1, 0.0), plain)
+    pulled = multilabel_loss(clip, features, texts, targets, weights, num_classes=1, absent_weight=2.0)
+    assert torch.isclose(pulled - plain, torch.tensor(2.0 * (0.6**2 + 0.0) / 2))
+
+
 def test_masking_is_in_pixel_space_and_differentiable(small_clip):
     images = torch.rand(2, 3, 32, 32)
     black = small_clip.encode_images(torch.zeros(2, 3, 32, 32))

@@ -19,13 +19,23 @@ from pipeline.clip.views import ScenePool, sample_views, view_probs
 
 
 def multilabel_loss(
-    clip: FrozenClip, images: torch.Tensor, text_features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+    clip: FrozenClip, images: torch.Tensor, text_features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+    num_classes: int = 0, absent_weight: float = 0.0,
 ):
-    """Weighted sigmoid BCE over every (view, concept) pair."""
+    """Weighted sigmoid BCE over every (view, concept) pair, plus `absent_weight` times the mean
+    of relu(cosine)^2 over the pairs of a view and one of the first `num_classes` concepts (the
+    objects) that it does not show. The sigmoid stops pushing once an absent object's cosine is
+    below about 0.2, so what is left there is whatever the view has in common with the object (a
+    bird's trees score higher than sand); CLIMS reads raw cosines, and L_BTM pays for that."""
     image_features = clip.encode_images(images)
     model = clip.model
-    logits = model.logit_scale.exp() * image_features @ text_features.T + model.logit_bias
-    return F.binary_cross_entropy_with_logits(logits, targets, weight=weights)
+    cosines = image_features @ text_features.T
+    logits = model.logit_scale.exp() * cosines + model.logit_bias
+    loss = F.binary_cross_entropy_with_logits(logits, targets, weight=weights)
+    if absent_weight:
+        absent = targets[:, :num_classes] == 0
+        loss = loss + absent_weight * F.relu(cosines[:, :num_classes][absent]).square().mean()
+    return loss
 
 
 class UsedTokenRows(torch.nn.Module):
@@ -103,9 +113,9 @@ def _optimise(clip: FrozenClip, pool: ScenePool, tokens: torch.Tensor, train, on
     losses = []
     for step in tqdm(range(train.steps), desc="train tiny CLIP", unit="step", mininterval=5):
         images, targets, weights = sample_views(pool, train.batch_size, generator, probs, train.part_is_object,
-                                                  tuple(train.object_ramp))
+                                                  train.object_ramp)
         text_features = F.normalize(model.encode_text(tokens), dim=-1)
-        loss = multilabel_loss(clip, images, text_features, targets, weights)
+        loss = multilabel_loss(clip, images, text_features, targets, weights, pool.num_classes, train.absent_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -6,7 +6,7 @@ from typing import Callable
 
 from pipeline.allocator import keep_freed_memory
 from pipeline.errors import UserError
-from pipeline.params import Params, load_params
+from pipeline.params import load_params
 
 
 def run_stage(work: Callable[..., None], choices: tuple[str, ...] = (), argv: list[str] | None = None) -> None:

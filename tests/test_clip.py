@@ -70,7 +70,8 @@ def test_the_absent_pull_charges_only_objects_a_view_does_not_show():
     from pipeline.clip.train import multilabel_loss
 
     # Concepts: one object (text e0), one background (text e1). Views' cosines with the object:
-    # 0.6 (absent), -0.5 (absent), 0.8 (shown); every view has cosine 0.7 or so with the background.
+    # 0.6 (absent), -0.5 (absent), 0.8 (shown); with the background 0.8, 0.87, 0.6 (the last one
+    # absent, and not charged).
     angle = lambda c: [c, (1 - c * c) ** 0.5]  # noqa: E731
     features = torch.tensor([angle(0.6), [-0.5, 0.75**0.5], angle(0.8)])
     texts = torch.eye(2)

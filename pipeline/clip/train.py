@@ -29,12 +29,14 @@ def multilabel_loss(
     bird's trees score higher than sand); CLIMS reads raw cosines, and L_BTM pays for that."""
     image_features = clip.encode_images(images)
     model = clip.model
-    cosines = image_features @ text_features.T
-    logits = model.logit_scale.exp() * cosines + model.logit_bias
+    # (scale * features) @ texts, the order the default CLIP was trained in: scaling the product
+    # instead moves the weights' last bits, and every figure downstream with them.
+    logits = model.logit_scale.exp() * image_features @ text_features.T + model.logit_bias
     loss = F.binary_cross_entropy_with_logits(logits, targets, weight=weights)
     if absent_weight:
+        cosines = image_features @ text_features[:num_classes].T
         absent = targets[:, :num_classes] == 0
-        loss = loss + absent_weight * F.relu(cosines[:, :num_classes][absent]).square().mean()
+        loss = loss + absent_weight * F.relu(cosines[absent]).square().mean()
     return loss
 
 

@@ -73,7 +73,7 @@ def test_the_absent_pull_charges_only_objects_a_view_does_not_show():
     # 0.6 (absent), -0.5 (absent), 0.8 (shown); with the background 0.8, 0.87, 0.6 (the last one
     # absent, and not charged).
     angle = lambda c: [c, (1 - c * c) ** 0.5]  # noqa: E731
-    features = torch.tensor([angle(0.6), [-0.5, 0.75**0.5], angle(0.8)])
+    features = torch.tensor([angle(0.6), angle(-0.5), angle(0.8)])
     texts = torch.eye(2)
     targets = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     weights = torch.ones(3, 2)

@@ -192,6 +192,9 @@ class TinyClip(Section):
     model_name: str
     architecture: TinyClipArchitecture
     train: TinyClipTraining
+    # Take over the CLIP shipped with the code (pipeline/clip/shipped.py) where it was trained
+    # from exactly these settings, as a real run takes a downloaded CLIP; false: train it here.
+    shipped: bool = True
 
 
 class PretrainedClip(Section):

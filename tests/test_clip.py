@@ -389,3 +389,56 @@ def test_a_rerun_takes_over_the_tiny_clip_only_when_its_renders_are_the_same(tmp
     looks["dataset"]["distractor"] = 0.5  # the renders change
     _, retrained, _ = run(looks, "third", "first")
     assert retrained == [0, 1, 2]
+
+
+def test_a_shipped_clip_is_taken_over_bit_for_bit_and_only_from_its_own_settings(tmp_path, base_params, monkeypatch):
+    """A shipped CLIP holds only the token rows its prompts use; taken over, it is the trained
+    CLIP to the bit. Any other setting, or `clip.shipped: false`, trains one."""
+    import copy
+
+    from pipeline.clip import shipped
+    from pipeline.clip.prepare import prepare_clip
+    from pipeline.params import validate
+
+    monkeypatch.setattr(shipped, "TENSORS", tmp_path / "shipped.pt")
+    monkeypatch.setattr(shipped, "META", tmp_path / "shipped.json")
+    base_params["clip"]["architecture"] = {
+        "embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
+        "text": {"context_length": 16, "width": 16, "heads": 2, "layers": 1}}
+    base_params["clip"]["train"].update(steps=3, batch_size=8, pool_size=16, eval_scenes=10, warmup_steps=1)
+
+    def run(raw, out, previous=None):
+        steps = []
+        prepare_clip(validate(raw), tmp_path / out, previous and tmp_path / previous, log_loss=lambda s, _: steps.append(s))
+        return steps, torch.load(tmp_path / out / clip_model.WEIGHTS_FILE, weights_only=True)
+
+    trained, weights = run(base_params, "trained")
+    shipped.ship(tmp_path / "trained")
+    tensors = torch.load(shipped.TENSORS, weights_only=True)
+    assert tensors["token_rows"].shape == (len(tensors["token_ids"]), 16) and len(tensors["token_ids"]) < 60
+
+    taken, same = run(base_params, "taken")
+    assert trained == [0, 1, 2] and taken == []
+    assert set(same) == set(weights) and all(torch.equal(weights[k], same[k]) for k in weights)
+
+    not_shipped = copy.deepcopy(base_params)
+    not_shipped["clip"]["shipped"] = False
+    retrained, _ = run(not_shipped, "not_shipped", previous="taken")  # not even from a folder that took it over
+    reseeded = copy.deepcopy(base_params)
+    reseeded["clip"]["train"]["seed"] = 1
+    other_seed, _ = run(reseeded, "reseeded")
+    assert retrained == [0, 1, 2] and other_seed == [0, 1, 2]
+
+
+def test_the_shipped_clip_is_the_one_the_default_settings_and_code_train():
+    """The default's prepare_clip takes over the shipped CLIP; after a change of the CLIP's
+    settings or training code, train it once and ship it again (python -m pipeline.clip.shipped)."""
+    import json
+
+    from conftest import REPO
+    from pipeline.clip import shipped
+    from pipeline.clip.prepare import trained_from
+    from pipeline.params import load_params
+
+    shipped_from = json.loads(shipped.META.read_text())["trained_from"]
+    assert shipped_from == trained_from(load_params(REPO / "params.yaml")), "the shipped CLIP is stale"

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from pipeline.clip import model as clip_model
+from pipeline.clip import shipped
 from pipeline.clip.probes import clip_report, dataset_report
 from pipeline.clip.train import train_tiny_clip
 from pipeline.clip.views import BACKGROUND_FRAMES, render_pool
@@ -33,14 +34,28 @@ def clip_world(dataset, train) -> WorldSpec:
     return world_spec(dataset, train.cooccurrence, train.clutter)
 
 
-def _trained_before(previous: Path | None, trained_from: dict) -> tuple[dict, dict] | None:
+def trained_from(params: Params) -> dict:
+    """Everything the tiny CLIP's weights depend on: its settings, its world, its prompts and its
+    training code, as clip.json reads it back (tuples as lists). Whether the shipped CLIP is taken
+    over changes nothing that training would do."""
+    cfg = params.clip
+    spec = clip_world(params.dataset, cfg.train)
+    world_prompts = prompts(params.dataset.prompt_template, list(spec.classes) + list(spec.backgrounds))
+    inputs = {"clip": cfg.model_dump(mode="json", exclude={"shipped"}), "world": dataclasses.asdict(spec),
+              "prompts": world_prompts, "code": code_digest(TRAINING_CODE)}
+    return json.loads(json.dumps(inputs))
+
+
+def _trained_before(previous: Path | None, inputs: dict, shipped_ok: bool) -> tuple[dict, dict] | None:
     """(state dict, training figures) of the tiny CLIP in `previous` if it was trained from the
-    same `trained_from` (settings and training code), else None."""
+    same `inputs` (trained_from), else None; a CLIP that was the shipped one only if `shipped_ok`."""
     meta_path = previous / clip_model.META_FILE if previous else None
     if not meta_path or not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
-    if meta.get("trained_from") != trained_from or not (previous / clip_model.WEIGHTS_FILE).is_file():
+    if meta.get("trained_from") != inputs or not (previous / clip_model.WEIGHTS_FILE).is_file():
+        return None
+    if meta.get("shipped") and not shipped_ok:
         return None
     return torch.load(previous / clip_model.WEIGHTS_FILE, map_location="cpu", weights_only=True), meta["training"]
 
@@ -50,7 +65,8 @@ def _tiny_clip(params: Params, previous: Path | None, log_loss) -> tuple[torch.n
     (steps 0 keeps its random initialisation: a plumbing check on any dataset). DVC reruns
     prepare_clip for any change of the dataset section, but the CLIP depends only on what its
     renders look like and say, not on the data split's seed, counts or co-occurrence: a CLIP
-    trained from the same settings is taken over from the `previous` folder."""
+    trained from the same settings is taken over from the `previous` folder, or else the one
+    shipped with the code (pipeline/clip/shipped.py)."""
     cfg = params.clip
     torch.manual_seed(cfg.train.seed)
     model = clip_model.build_tiny(cfg.model_name, cfg.architecture)
@@ -58,20 +74,23 @@ def _tiny_clip(params: Params, previous: Path | None, log_loss) -> tuple[torch.n
             "open_clip_config": clip_model.tiny_open_clip_config(cfg.architecture)}
     if not cfg.train.steps:
         return model, meta
-    spec = clip_world(params.dataset, cfg.train)
-    world_prompts = prompts(params.dataset.prompt_template, list(spec.classes) + list(spec.backgrounds))
-    trained_from = {"clip": cfg.model_dump(mode="json"), "world": dataclasses.asdict(spec), "prompts": world_prompts,
-                    "code": code_digest(TRAINING_CODE)}
-    meta["trained_from"] = json.loads(json.dumps(trained_from))  # as clip.json will read back (tuples as lists)
-    before = _trained_before(previous, meta["trained_from"])
+    meta["trained_from"] = trained_from(params)
+    before = _trained_before(previous, meta["trained_from"], shipped_ok=cfg.shipped)
     if before:
         model.load_state_dict(before[0])
         meta["training"] = before[1]
         print(f"tiny CLIP: trained from the same settings before; taken over from {previous}")
         return model, meta
+    if cfg.shipped and (training := shipped.take_over(meta["trained_from"], model)):
+        meta.update(training=training, shipped=True)
+        print(f"tiny CLIP: taken over from {shipped.TENSORS.name}, shipped with the code and trained from these "
+              f"settings (clip.shipped=false trains it here, 5-6 minutes on 2 cores)")
+        return model, meta
+    spec = clip_world(params.dataset, cfg.train)
     pool = render_pool(spec, cfg.train.pool_size, cfg.train.seed, "clip", frames=BACKGROUND_FRAMES)
     start = time.perf_counter()
-    losses = train_tiny_clip(clip_model.wrap(model, cfg.model_name), pool, world_prompts, cfg.train, on_step=log_loss)
+    losses = train_tiny_clip(clip_model.wrap(model, cfg.model_name), pool, meta["trained_from"]["prompts"], cfg.train,
+                             on_step=log_loss)
     meta["training"] = {"seconds": time.perf_counter() - start, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
     return model, meta
 

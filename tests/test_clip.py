@@ -429,6 +429,10 @@ def test_a_shipped_clip_is_taken_over_bit_for_bit_and_only_from_its_own_settings
     other_seed, _ = run(reseeded, "reseeded")
     assert retrained == [0, 1, 2] and other_seed == [0, 1, 2]
 
+    shipped.TENSORS.write_bytes(shipped.TENSORS.read_bytes()[:-8])  # a shipping cut short
+    with pytest.raises(UserError, match="shipped.pt: missing or not the tensors shipped.json describes"):
+        run(base_params, "half_shipped")
+
 
 def test_the_shipped_clip_is_the_one_the_default_settings_and_code_train():
     """The default's prepare_clip takes over the shipped CLIP; after a change of the CLIP's

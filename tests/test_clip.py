@@ -420,6 +420,8 @@ def test_a_shipped_clip_is_taken_over_bit_for_bit_and_only_from_its_own_settings
     taken, same = run(base_params, "taken")
     assert trained == [0, 1, 2] and taken == []
     assert set(same) == set(weights) and all(torch.equal(weights[k], same[k]) for k in weights)
+    kept, _ = run(base_params, "kept", previous="taken")  # a rerun keeps it, and says where it came from
+    assert kept == [] and (tmp_path / "kept" / "clip.json").read_text() == (tmp_path / "taken" / "clip.json").read_text()
 
     not_shipped = copy.deepcopy(base_params)
     not_shipped["clip"]["shipped"] = False

@@ -47,8 +47,8 @@ def trained_from(params: Params) -> dict:
 
 
 def _trained_before(previous: Path | None, inputs: dict, shipped_ok: bool) -> tuple[dict, dict] | None:
-    """(state dict, training figures) of the tiny CLIP in `previous` if it was trained from the
-    same `inputs` (trained_from), else None; a CLIP that was the shipped one only if `shipped_ok`."""
+    """(state dict, clip.json) of the tiny CLIP in `previous` if it was trained from the same
+    `inputs` (trained_from), else None; a CLIP that was the shipped one only if `shipped_ok`."""
     meta_path = previous / clip_model.META_FILE if previous else None
     if not meta_path or not meta_path.is_file():
         return None
@@ -57,7 +57,7 @@ def _trained_before(previous: Path | None, inputs: dict, shipped_ok: bool) -> tu
         return None
     if meta.get("shipped") and not shipped_ok:
         return None
-    return torch.load(previous / clip_model.WEIGHTS_FILE, map_location="cpu", weights_only=True), meta["training"]
+    return torch.load(previous / clip_model.WEIGHTS_FILE, map_location="cpu", weights_only=True), meta
 
 
 def _tiny_clip(params: Params, previous: Path | None, log_loss) -> tuple[torch.nn.Module, dict]:
@@ -78,7 +78,7 @@ def _tiny_clip(params: Params, previous: Path | None, log_loss) -> tuple[torch.n
     before = _trained_before(previous, meta["trained_from"], shipped_ok=cfg.shipped)
     if before:
         model.load_state_dict(before[0])
-        meta["training"] = before[1]
+        meta.update({key: before[1][key] for key in ("training", "shipped") if key in before[1]})
         print(f"tiny CLIP: trained from the same settings before; taken over from {previous}")
         return model, meta
     if cfg.shipped and (training := shipped.take_over(meta["trained_from"], model)):

@@ -5,7 +5,7 @@
 DIR is a folder where `prepare_clip` ran on the synthetic world (default: this repository); its
 CLIP, params and metrics/clip.json (for tau) are read; `-S` changes those params first (e.g.
 `-S clims_loss.weights.cbs=2`: the same landscape under another weight). On held-out renders,
-for every scene and class whose context shows (>= 8 pixels), four masks P of that class are
+for every scene and class whose context shows (>= 8 pixels), six masks P of that class are
 scored by the CLIMS loss exactly as training scores a pair (pipeline.cam.losses, the params'
 weights, score and tau):
 
@@ -16,7 +16,9 @@ weights, score and tau):
 - part: each object's distinctive part alone (the parts world: where a classifier's CAM stops;
   on a world without parts this mask is empty);
 - box: each object's bounding box (the object and a little context around it, its outline hidden:
-  tells whether the background view gives the class away by the context or by the hole's shape).
+  tells whether the background view gives the class away by the context or by the hole's shape);
+- all: every pixel, the background view blank (a CLIP that scores a blank view below a clean
+  background gives L_BTM a reason to grow P over everything; only L_REG and L_CBS object).
 
 For each ablation variant (otm, otm_btm, otm_btm_cbs, full) it prints the mean loss per pair at
 each mask and the share of pairs for which the exact mask costs less than every other; then, per
@@ -47,7 +49,7 @@ from pipeline.data.prepare import world_spec  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.params import load_params, validate  # noqa: E402
 
-MASKS = ("exact", "context", "half", "box", "part")
+MASKS = ("exact", "context", "half", "box", "part", "all")
 VARIANTS = {"otm": ("otm",), "otm_btm": ("otm", "btm"), "otm_btm_cbs": ("otm", "btm", "cbs"), "full": ("otm", "btm", "cbs", "reg")}
 MIN_CONTEXT = 8
 
@@ -85,7 +87,8 @@ def probe_masks(pool: ScenePool) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
                 continue
             scenes.append(i)
             classes.append(c)
-            masks.append(torch.stack([exact, exact | context, left_halves(inst, exact), boxes(inst, exact), exact & pool.parts[i]]))
+            masks.append(torch.stack([exact, exact | context, left_halves(inst, exact), boxes(inst, exact), exact & pool.parts[i],
+                                      torch.ones_like(exact)]))
     return torch.tensor(scenes), torch.tensor(classes), torch.stack(masks).float()
 
 

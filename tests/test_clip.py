@@ -360,24 +360,36 @@ def test_the_clip_learns_from_a_world_with_its_own_clutter(base_params):
     assert not torch.equal(own, clip_renders(1.0, None))
 
 
+def micro_clip(raw: dict) -> dict:
+    """The committed params with a tiny CLIP that trains in three steps."""
+    raw["clip"]["architecture"] = {
+        "embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
+        "text": {"context_length": 16, "width": 16, "heads": 2, "layers": 1}}
+    raw["clip"]["train"].update(steps=3, batch_size=8, pool_size=16, eval_scenes=10, warmup_steps=1)
+    return raw
+
+
+def prepare_clip_runner(folder: Path):
+    """run(raw params, out, previous=None) -> (metrics, training steps logged, weights) of
+    prepare_clip writing folder/out, with folder/previous as its earlier output."""
+    from pipeline.clip.prepare import prepare_clip
+    from pipeline.params import validate
+
+    def run(raw, out, previous=None):
+        steps = []
+        metrics = prepare_clip(validate(raw), folder / out, previous and folder / previous, log_loss=lambda s, _: steps.append(s))
+        return metrics, steps, torch.load(folder / out / clip_model.WEIGHTS_FILE, weights_only=True)
+
+    return run
+
+
 def test_a_rerun_takes_over_the_tiny_clip_only_when_its_renders_are_the_same(tmp_path, base_params):
     """DVC reruns prepare_clip for any dataset change; the tiny CLIP is retrained only when what
     it learns from changes (its settings, what the renders look like, its code)."""
     import copy
 
-    from pipeline.clip.prepare import prepare_clip
-    from pipeline.params import validate
-
-    base_params["clip"]["architecture"] = {
-        "embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
-        "text": {"context_length": 16, "width": 16, "heads": 2, "layers": 1}}
-    base_params["clip"]["train"].update(steps=3, batch_size=8, pool_size=16, eval_scenes=10, warmup_steps=1)
-
-    def run(raw, out, previous=None):
-        steps = []
-        metrics = prepare_clip(validate(raw), tmp_path / out, previous and tmp_path / previous, log_loss=lambda s, _: steps.append(s))
-        return metrics, steps, torch.load(tmp_path / out / clip_model.WEIGHTS_FILE, weights_only=True)
-
+    base_params = micro_clip(base_params)
+    run = prepare_clip_runner(tmp_path)
     first, trained, weights = run(base_params, "first")
     split_only = copy.deepcopy(base_params)
     split_only["dataset"].update(num_train=7, seed=3, cooccurrence=0.5)
@@ -397,20 +409,14 @@ def test_a_shipped_clip_is_taken_over_bit_for_bit_and_only_from_its_own_settings
     import copy
 
     from pipeline.clip import shipped
-    from pipeline.clip.prepare import prepare_clip
-    from pipeline.params import validate
 
     monkeypatch.setattr(shipped, "TENSORS", tmp_path / "shipped.pt")
     monkeypatch.setattr(shipped, "META", tmp_path / "shipped.json")
-    base_params["clip"]["architecture"] = {
-        "embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
-        "text": {"context_length": 16, "width": 16, "heads": 2, "layers": 1}}
-    base_params["clip"]["train"].update(steps=3, batch_size=8, pool_size=16, eval_scenes=10, warmup_steps=1)
+    base_params = micro_clip(base_params)
+    prepare = prepare_clip_runner(tmp_path)
 
     def run(raw, out, previous=None):
-        steps = []
-        prepare_clip(validate(raw), tmp_path / out, previous and tmp_path / previous, log_loss=lambda s, _: steps.append(s))
-        return steps, torch.load(tmp_path / out / clip_model.WEIGHTS_FILE, weights_only=True)
+        return prepare(raw, out, previous)[1:]
 
     trained, weights = run(base_params, "trained")
     shipped.ship(tmp_path / "trained")

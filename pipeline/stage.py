@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from pipeline.allocator import keep_freed_memory
 from pipeline.errors import UserError
@@ -30,7 +30,7 @@ def run_stage(work: Callable[..., None], choices: tuple[str, ...] = (), argv: li
         sys.exit(2)
 
 
-def _usage(choices: tuple[str, ...], asked: bool) -> None:
+def _usage(choices: tuple[str, ...], asked: bool) -> NoReturn:
     usage = f"usage: python {sys.argv[0]}" + (f" {{{','.join(choices)}}}" if choices else "")
     if asked:
         about = (sys.modules["__main__"].__doc__ or "").strip()

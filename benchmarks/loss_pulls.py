@@ -18,7 +18,8 @@ weights, score and tau):
 - box: each object's bounding box (the object and a little context around it, its outline hidden:
   tells whether the background view gives the class away by the context or by the hole's shape);
 - all: every pixel, the background view blank (a CLIP that scores a blank view below a clean
-  background gives L_BTM a reason to grow P over everything; only L_REG and L_CBS object).
+  background gives L_BTM a reason to grow P over everything; L_OTM objects where the whole scene
+  in the object view scores lower than the object alone, L_CBS and L_REG always).
 
 For each ablation variant (otm, otm_btm, otm_btm_cbs, full) it prints the mean loss per pair at
 each mask and the share of pairs for which the exact mask costs less than every other; then, per

@@ -20,7 +20,7 @@ from pipeline.clip.views import ScenePool, sample_views, view_probs
 
 def multilabel_loss(
     clip: FrozenClip, images: torch.Tensor, text_features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-    num_classes: int = 0, absent_weight: float = 0.0,
+    num_classes: int, absent_weight: float = 0.0,
 ):
     """Weighted sigmoid BCE over every (view, concept) pair, plus `absent_weight` times the mean
     of relu(cosine)^2 over the pairs of a view and one of the first `num_classes` concepts (the

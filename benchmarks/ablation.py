@@ -14,7 +14,7 @@ From the full variant's CAMs, IRN runs on: IR labels, the boundary net, pseudo l
 walk, then the same pseudo labels without the walk (`make_sem_seg.walk=false`: the CAMs straight
 to the background score and the CRF). The stages run as their real commands in a scratch folder
 per run that shares the rendered data and the CLIP of `--source` (default: this repository; run
-`dvc repro prepare_clip` there first); the folders stay in a temporary directory, named at the
+`dvc repro prepare_data prepare_clip` there first); the folders stay in a temporary directory, named at the
 start. `--baselines RUNS` takes each seed's baseline net and CAMs from the kept folders of an
 earlier run (its `seed<N>-baseline`, trained with the same dataset and baseline settings; the CLIP and
 the CLIMS settings may differ) instead of training it again.
@@ -22,7 +22,9 @@ the CLIMS settings may differ) instead of training it again.
 Writes benchmarks/results/<out>.json (every run's figures) and prints the tables: CAM mIoU at
 each net's best background threshold, the paired gain of each row over the row before it (and
 each left-out term's paired share), context leak, pseudo-label mIoU; mean ± std and worst over
-the seeds.
+the seeds. Then each row's gain split by class: over the classes that kept their context state,
+and the classes that moved onto or off their context (a whole class's step that decides a row's
+spread).
 """
 from __future__ import annotations
 
@@ -82,9 +84,10 @@ def figures(folder: Path, record: str, keys: tuple[str, ...] = FIGURES) -> dict:
 
 
 def cam_figures(folder: Path, cams: str) -> dict:
-    """eval_cam's figures and each class's context leak (the mean hides which class takes its context)."""
-    found = figures(folder, f"cam_{cams}", FIGURES + ("per_class_context_leak",))
+    """eval_cam's figures, each class's context leak and IoU (the mean hides which class takes its context)."""
+    found = figures(folder, f"cam_{cams}", FIGURES + ("per_class_context_leak", "per_class_iou"))
     found["context_leak_by_class"] = found.pop("per_class_context_leak", {})
+    found["iou_by_class"] = found.pop("per_class_iou", {})
     return found
 
 
@@ -147,6 +150,7 @@ def print_table(runs: dict, seeds: list[int], variants: list[str]) -> None:
         label = {"cam": f"{variant} CAM", "no_walk": "full: pseudo labels, no walk", "walk": "full: pseudo labels, IRN walk"}[kind]
         print(f"| {label} | {spread(miou)} | {gain} | {leak(per_seed)} |")
         previous = miou
+    print_context_split(runs, seeds, [variant for variant, kind in rows if kind == "cam"])
     left_out = [term for term in TERMS if f"no_{term}" in variants]
     if "full" not in variants or not left_out:
         return
@@ -157,6 +161,36 @@ def print_table(runs: dict, seeds: list[int], variants: list[str]) -> None:
         miou = [r["miou"] for r in per_seed]
         share = spread([f - m for f, m in zip(full, miou)])
         print(f"| L_{term.upper()} | {spread(miou)} | {share} | {leak(per_seed)} |")
+
+
+ON_CONTEXT = 50.0  # a class is on its context where its CAM covers at least half of it (leaks are near 0 or 100)
+
+
+def context_split(before: dict, after: dict) -> tuple[float, list[str]]:
+    """One seed's change from one row to the next, split: the mean IoU gain over the object classes
+    whose context state held (on it in both runs or off it in both), and the classes that moved."""
+    held, moved = [], []
+    for name, leak_after in after["context_leak_by_class"].items():
+        on_before, on_after = before["context_leak_by_class"][name] >= ON_CONTEXT, leak_after >= ON_CONTEXT
+        if on_before == on_after:
+            held.append(after["iou_by_class"][name] - before["iou_by_class"][name])
+        else:
+            moved.append(f"{name} {'onto' if on_after else 'off'}")
+    return (sum(held) / len(held) if held else float("nan")), moved
+
+
+def print_context_split(runs: dict, seeds: list[int], rows: list[str]) -> None:
+    """Each sequential row's gain where no class moved onto or off its context, and the moves:
+    a class taking its context is a step of about 1/7 of the mIoU, and it decides a row's spread."""
+    cams = {row: [runs[f"seed{s}/{row}"]["cam"] for s in seeds] for row in rows}
+    if not all(cam.get("iou_by_class") for per_seed in cams.values() for cam in per_seed):
+        return  # results files from before the per-class IoU was kept
+    print(f"\n| row | IoU gain of the classes that kept their context state (paired) | classes that moved onto or off "
+          f"their context (leak crossing {ON_CONTEXT:.0f} %) |\n|---|---|---|")
+    for previous, row in zip(rows, rows[1:]):
+        split = [context_split(b, a) for b, a in zip(cams[previous], cams[row])]
+        moves = "; ".join(f"seed {s}: {', '.join(moved)}" for s, (_, moved) in zip(seeds, split) if moved) or "none"
+        print(f"| {row} CAM | {spread([gain for gain, _ in split])} | {moves} |")
 
 
 def leak(per_seed: list[dict]) -> str:
@@ -192,7 +226,7 @@ def main() -> None:
     source = args.source.resolve()
     for path in SHARED:
         if not (source / path).exists():
-            raise SystemExit(f"{source / path} is missing: run `dvc repro prepare_clip` there first")
+            raise SystemExit(f"{source / path} is missing: run `dvc repro prepare_data prepare_clip` there first")
     base = apply_overrides(yaml.safe_load((source / "params.yaml").read_text()), args.overrides)
     # which CLIP the runs share: its training settings and its figures
     clip = {"train": base["clip"]["train"], **json.loads((source / "metrics" / "clip.json").read_text())}

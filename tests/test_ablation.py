@@ -32,6 +32,23 @@ def test_leave_one_out_share_is_full_minus_the_run_without_the_term(capsys):
     assert not any(line.startswith("| no_btm CAM") for line in lines)  # not a row of the sequence
 
 
+def _by_class(miou: float, leak: dict, iou: dict) -> dict:
+    return {"cam": {"miou": miou, "context_leak": 0.0, "context_leak_by_class": leak, "iou_by_class": iou}}
+
+
+def test_a_rows_gain_is_split_into_the_classes_that_kept_their_context_state_and_the_moves(capsys):
+    runs = {
+        # seed 0: the boat gives up its water (moved), the car stays off its road and gains 6
+        "seed0/baseline": _by_class(40.0, {"boat": 80.0, "car": 10.0}, {"boat": 30.0, "car": 50.0}),
+        "seed0/otm": _by_class(45.0, {"boat": 10.0, "car": 5.0}, {"boat": 60.0, "car": 56.0}),
+        # seed 1: the car takes its road (moved), the boat stays off its water and gains 4
+        "seed1/baseline": _by_class(42.0, {"boat": 20.0, "car": 10.0}, {"boat": 40.0, "car": 50.0}),
+        "seed1/otm": _by_class(41.0, {"boat": 30.0, "car": 60.0}, {"boat": 44.0, "car": 20.0}),
+    }
+    print_table(runs, [0, 1], ["otm"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "| otm CAM | 5.0 ± 1.0 (worst 4.0) | seed 0: boat off; seed 1: car onto |" in lines
+
 
 def test_a_results_name_with_a_path_stops_before_anything_runs():
     # a path for --out would write outside benchmarks/results (or fail after an hour of runs)

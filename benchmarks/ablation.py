@@ -23,8 +23,8 @@ Writes benchmarks/results/<out>.json (every run's figures) and prints the tables
 each net's best background threshold, the paired gain of each row over the row before it (and
 each left-out term's paired share), context leak, pseudo-label mIoU; mean ± std and worst over
 the seeds. Then each row's gain split by class: over the classes that kept their context state,
-and the classes that moved onto or off their context (a whole class's step that decides a row's
-spread).
+the background's (a mask grown over the ground), and the classes that moved onto or off their
+context (a whole class's step that decides a row's spread).
 """
 from __future__ import annotations
 
@@ -166,9 +166,10 @@ def print_table(runs: dict, seeds: list[int], variants: list[str]) -> None:
 ON_CONTEXT = 50.0  # a class is on its context where its CAM covers at least half of it (leaks are near 0 or 100)
 
 
-def context_split(before: dict, after: dict) -> tuple[float, list[str]]:
+def context_split(before: dict, after: dict) -> tuple[float, float, list[str]]:
     """One seed's change from one row to the next, split: the mean IoU gain over the object classes
-    whose context state held (on it in both runs or off it in both), and the classes that moved."""
+    whose context state held (on it in both runs or off it in both), the background's IoU gain (a
+    mask grown over the unrelated ground costs it, not the context leak), and the classes that moved."""
     held, moved = [], []
     for name, leak_after in after["context_leak_by_class"].items():
         on_before, on_after = before["context_leak_by_class"][name] >= ON_CONTEXT, leak_after >= ON_CONTEXT
@@ -176,7 +177,8 @@ def context_split(before: dict, after: dict) -> tuple[float, list[str]]:
             held.append(after["iou_by_class"][name] - before["iou_by_class"][name])
         else:
             moved.append(f"{name} {'onto' if on_after else 'off'}")
-    return (sum(held) / len(held) if held else float("nan")), moved
+    background = after["iou_by_class"]["background"] - before["iou_by_class"]["background"]
+    return (sum(held) / len(held) if held else float("nan")), background, moved
 
 
 def print_context_split(runs: dict, seeds: list[int], rows: list[str]) -> None:
@@ -185,12 +187,12 @@ def print_context_split(runs: dict, seeds: list[int], rows: list[str]) -> None:
     cams = {row: [runs[f"seed{s}/{row}"]["cam"] for s in seeds] for row in rows}
     if not all(cam.get("iou_by_class") for per_seed in cams.values() for cam in per_seed):
         return  # results files from before the per-class IoU was kept
-    print(f"\n| row | IoU gain of the classes that kept their context state (paired) | classes that moved onto or off "
-          f"their context (leak crossing {ON_CONTEXT:.0f} %) |\n|---|---|---|")
+    print(f"\n| row | IoU gain of the classes that kept their context state (paired) | background's IoU gain | "
+          f"classes that moved onto or off their context (leak crossing {ON_CONTEXT:.0f} %) |\n|---|---|---|---|")
     for previous, row in zip(rows, rows[1:]):
         split = [context_split(b, a) for b, a in zip(cams[previous], cams[row])]
-        moves = "; ".join(f"seed {s}: {', '.join(moved)}" for s, (_, moved) in zip(seeds, split) if moved) or "none"
-        print(f"| {row} CAM | {spread([gain for gain, _ in split])} | {moves} |")
+        moves = "; ".join(f"seed {s}: {', '.join(moved)}" for s, (*_, moved) in zip(seeds, split) if moved) or "none"
+        print(f"| {row} CAM | {spread([held for held, _, _ in split])} | {spread([bg for _, bg, _ in split])} | {moves} |")
 
 
 def leak(per_seed: list[dict]) -> str:

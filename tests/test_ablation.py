@@ -39,15 +39,16 @@ def _by_class(miou: float, leak: dict, iou: dict) -> dict:
 def test_a_rows_gain_is_split_into_the_classes_that_kept_their_context_state_and_the_moves(capsys):
     runs = {
         # seed 0: the boat gives up its water (moved), the car stays off its road and gains 6
-        "seed0/baseline": _by_class(40.0, {"boat": 80.0, "car": 10.0}, {"boat": 30.0, "car": 50.0}),
-        "seed0/otm": _by_class(45.0, {"boat": 10.0, "car": 5.0}, {"boat": 60.0, "car": 56.0}),
+        "seed0/baseline": _by_class(40.0, {"boat": 80.0, "car": 10.0}, {"background": 80.0, "boat": 30.0, "car": 50.0}),
+        "seed0/otm": _by_class(45.0, {"boat": 10.0, "car": 5.0}, {"background": 83.0, "boat": 60.0, "car": 56.0}),
         # seed 1: the car takes its road (moved), the boat stays off its water and gains 4
-        "seed1/baseline": _by_class(42.0, {"boat": 20.0, "car": 10.0}, {"boat": 40.0, "car": 50.0}),
-        "seed1/otm": _by_class(41.0, {"boat": 30.0, "car": 60.0}, {"boat": 44.0, "car": 20.0}),
+        "seed1/baseline": _by_class(42.0, {"boat": 20.0, "car": 10.0}, {"background": 82.0, "boat": 40.0, "car": 50.0}),
+        "seed1/otm": _by_class(41.0, {"boat": 30.0, "car": 60.0}, {"background": 77.0, "boat": 44.0, "car": 20.0}),
     }
     print_table(runs, [0, 1], ["otm"])
     lines = capsys.readouterr().out.splitlines()
-    assert "| otm CAM | 5.0 ± 1.0 (worst 4.0) | seed 0: boat off; seed 1: car onto |" in lines
+    # the background: +3 (seed 0), -5 (seed 1, the car's road taken from it)
+    assert "| otm CAM | 5.0 ± 1.0 (worst 4.0) | -1.0 ± 4.0 (worst -5.0) | seed 0: boat off; seed 1: car onto |" in lines
 
 
 def test_a_results_name_with_a_path_stops_before_anything_runs():

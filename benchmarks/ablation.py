@@ -14,8 +14,8 @@ From the full variant's CAMs, IRN runs on: IR labels, the boundary net, pseudo l
 walk, then the same pseudo labels without the walk (`make_sem_seg.walk=false`: the CAMs straight
 to the background score and the CRF). The stages run as their real commands in a scratch folder
 per run that shares the rendered data and the CLIP of `--source` (default: this repository; run
-`dvc repro prepare_data prepare_clip` there first); the folders stay in a temporary directory, named at the
-start. `--baselines RUNS` takes each seed's baseline net and CAMs from the kept folders of an
+`dvc repro prepare_data prepare_clip` there first); the folders stay in a temporary directory,
+named at the start. `--baselines RUNS` takes each seed's baseline net and CAMs from the kept folders of an
 earlier run (its `seed<N>-baseline`, trained with the same dataset and baseline settings; the CLIP and
 the CLIMS settings may differ) instead of training it again.
 
@@ -24,7 +24,7 @@ each net's best background threshold, the paired gain of each row over the row b
 each left-out term's paired share), context leak, pseudo-label mIoU; mean ± std and worst over
 the seeds. Then each row's gain split by class: over the classes that kept their context state,
 the background's (a mask grown over the ground), and the classes that moved onto or off their
-context (a whole class's step that decides a row's spread).
+context: where a row's swing from seed to seed comes from.
 """
 from __future__ import annotations
 
@@ -182,8 +182,9 @@ def context_split(before: dict, after: dict) -> tuple[float, float, list[str]]:
 
 
 def print_context_split(runs: dict, seeds: list[int], rows: list[str]) -> None:
-    """Each sequential row's gain where no class moved onto or off its context, and the moves:
-    a class taking its context is a step of about 1/7 of the mIoU, and it decides a row's spread."""
+    """Each sequential row's gain split by class: the mean alone hides whether a seed's swing comes
+    from a class taking or leaving its context (a step of a whole class), from the ground or from
+    the classes in between."""
     cams = {row: [runs[f"seed{s}/{row}"]["cam"] for s in seeds] for row in rows}
     if not all(cam.get("iou_by_class") for per_seed in cams.values() for cam in per_seed):
         return  # results files from before the per-class IoU was kept

@@ -15,9 +15,9 @@ walk, then the same pseudo labels without the walk (`make_sem_seg.walk=false`: t
 to the background score and the CRF). The stages run as their real commands in a scratch folder
 per run that shares the rendered data and the CLIP of `--source` (default: this repository; run
 `dvc repro prepare_data prepare_clip` there first); the folders stay in a temporary directory,
-named at the start. `--baselines RUNS` takes each seed's baseline net and CAMs from the kept folders of an
-earlier run (its `seed<N>-baseline`, trained with the same dataset and baseline settings; the CLIP and
-the CLIMS settings may differ) instead of training it again.
+named at the start. `--baselines RUNS` takes each seed's baseline net and CAMs from the kept
+folders of an earlier run (its `seed<N>-baseline`, trained with the same dataset and baseline
+settings; the CLIP and the CLIMS settings may differ) instead of training it again.
 
 Writes benchmarks/results/<out>.json (every run's figures) and prints the tables: CAM mIoU at
 each net's best background threshold, the paired gain of each row over the row before it (and
@@ -163,7 +163,7 @@ def print_table(runs: dict, seeds: list[int], variants: list[str]) -> None:
         print(f"| L_{term.upper()} | {spread(miou)} | {share} | {leak(per_seed)} |")
 
 
-ON_CONTEXT = 50.0  # a class is on its context where its CAM covers at least half of it (leaks are near 0 or 100)
+ON_CONTEXT = 50.0  # a class is on its context where its CAM covers at least half of it (most leaks are near 0 or 100)
 
 
 def context_split(before: dict, after: dict) -> tuple[float, float, list[str]]:

@@ -82,6 +82,17 @@ def test_multi_scale_maps_are_normalised_per_class_and_keep_the_image_classes():
     assert np.all((peaks > 0.99) & (peaks <= 1.0)) or np.all(peaks == 0)
 
 
+def test_select_classes_keeps_the_image_classes_each_divided_by_its_peak_in_float16():
+    values = torch.tensor([[[1.0, 2.0], [0.0, 4.0]], [[9.0, 9.0], [9.0, 9.0]], [[0.5, 0.25], [0.0, 0.0]]])
+    maps = {"cam": values, "high_res": 2 * values, "mask": values / 10}
+    arrays = select_classes(maps, (1, 3))  # class 2 (the 9s) is not in the image
+    assert arrays["class_ids"].tolist() == [1, 3] and all(arrays[k].dtype == np.float16 for k in ("cam", "high_res", "mask"))
+    expected = np.array([[[0.25, 0.5], [0.0, 1.0]], [[1.0, 0.5], [0.0, 0.0]]]) * (1 - 1e-5 / np.array([4.0, 0.5]))[:, None, None]
+    np.testing.assert_array_equal(arrays["cam"], expected.astype(np.float16))
+    np.testing.assert_array_equal(arrays["high_res"], expected.astype(np.float16))  # the scale divides out
+    np.testing.assert_array_equal(arrays["mask"], np.array([[[0.1, 0.2], [0.0, 0.4]], [[0.05, 0.025], [0.0, 0.0]]], np.float16))
+
+
 def test_make_cams_writes_every_image_then_skips_them_and_restarts_for_another_net(tmp_path):
     label = np.zeros((32, 32), np.uint8)
     label[4:12, 4:12] = 1

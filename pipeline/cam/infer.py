@@ -58,7 +58,7 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
 def select_classes(maps: dict[str, torch.Tensor], class_ids: tuple[int, ...]) -> dict[str, np.ndarray]:
     """One image's maps for its classes (ids 1..C), in float16, ready for its CAM file. Selected,
     normalised and halved where the maps are: on a GPU, copying every class's full-resolution
-    maps to the host took half of make_cam's time (benchmarks/results/cam_transfer_cuda.json)."""
+    maps to the host took two thirds of make_cam's time (benchmarks/results/cam_transfer_cuda.json)."""
     index = torch.tensor([c - 1 for c in class_ids], device=maps["cam"].device)
 
     def host(values: torch.Tensor) -> np.ndarray:

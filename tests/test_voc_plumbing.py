@@ -77,8 +77,8 @@ def test_real_architectures_on_a_voc_sized_tree(project, tmp_path):
     root, env = project
     settings = overrides(write_weights(tmp_path, ["ViT-B-32-quickgelu"]), write_voc_tree(tmp_path, 44))
     settings += ["distributed.use_gpu=false", "distributed.launcher=local", "distributed.precision=fp32",
-                 "distributed.activation_checkpointing=true", "distributed.cpus_per_worker=2",  # under 8 GiB "make_cam.num_workers=0", "make_cam.scales=[1.0]",
-                 "eval_seg.scales=[1.0]", *(f"{s}.epochs=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg")),
+                 "distributed.activation_checkpointing=true", "distributed.cpus_per_worker=2",  # under 8 GiB
+                 "make_cam.num_workers=0", "make_cam.scales=[1.0]", "eval_seg.scales=[1.0]", *(f"{s}.epochs=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg")),
                  *(f"{s}.loader_workers=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg"))]
     _run(["dvc", "exp", "run", "-n", "voc-real-size", *(a for setting in settings for a in ("-S", setting))], root, env)
     metrics = lambda name: json.loads((root / "metrics" / f"{name}.json").read_text())  # noqa: E731
@@ -87,3 +87,16 @@ def test_real_architectures_on_a_voc_sized_tree(project, tmp_path):
     assert metrics("pseudo_labels")["images"] == 11 and metrics("segmentation")["images"] == 11
     label = np.asarray(Image.open(next((root / "artifacts/pseudo_labels").glob("*.png"))))
     assert label.shape in ((333, 500), (375, 500), (400, 500), (500, 500), (500, 333), (500, 375), (500, 400))
+
+
+def test_real_scale_extrapolates_with_each_dataset_groups_own_epochs():
+    """benchmarks/real_scale.py times two epochs; its VOC and COCO hours take each group's epochs
+    (DeepLab: 57 on VOC's 10582 images, 8 on COCO's 82783, batches of 20) and make_cam's two nets."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from real_scale import extrapolate
+
+    wall = extrapolate({"train_seg": {"seconds_per_step": 3.6}, "make_cam": {"seconds_per_image": 0.36}})
+    assert wall["voc12"]["hours"]["train_seg"] == pytest.approx(57 * 529 * 3.6 / 3600)
+    assert wall["coco14"]["hours"]["train_seg"] == pytest.approx(8 * 4139 * 3.6 / 3600)
+    assert wall["voc12"]["hours"]["make_cam"] == pytest.approx(2 * 10582 * 0.36 / 3600)
+    assert wall["voc12"]["total_hours"] == pytest.approx(57 * 529 * 3.6 / 3600 + 2 * 10582 * 0.36 / 3600)

@@ -104,7 +104,8 @@ def main() -> None:
     report = {"device": args.device, "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
               "precision": precision, "images": len(records), "batches": len(batches), "scales": scales,
               "batch_size": params.make_cam.batch_size, "classes_per_image": float(np.mean([len(r.class_ids) for r in records])),
-              "seconds_per_image": per_image, "max_file_difference": difference, "speedup": per_image["host"]["total"] / per_image["device"]["total"]}
+              "seconds_per_image": per_image, "max_file_difference": difference,
+              "speedup": per_image["host"]["total"] / per_image["device"]["total"]}
     write_results(f"cam_transfer_{args.device}", report)
 
 

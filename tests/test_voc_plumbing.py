@@ -78,7 +78,8 @@ def test_real_architectures_on_a_voc_sized_tree(project, tmp_path):
     settings = overrides(write_weights(tmp_path, ["ViT-B-32-quickgelu"]), write_voc_tree(tmp_path, 44))
     settings += ["distributed.use_gpu=false", "distributed.launcher=local", "distributed.precision=fp32",
                  "distributed.activation_checkpointing=true", "distributed.cpus_per_worker=2",  # under 8 GiB
-                 "make_cam.num_workers=0", "make_cam.scales=[1.0]", "eval_seg.scales=[1.0]", *(f"{s}.epochs=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg")),
+                 "make_cam.num_workers=0", "make_cam.scales=[1.0]", "eval_seg.scales=[1.0]",
+                 *(f"{s}.epochs=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg")),
                  *(f"{s}.loader_workers=1" for s in ("train_cam", "train_clims", "train_irn", "train_seg"))]
     _run(["dvc", "exp", "run", "-n", "voc-real-size", *(a for setting in settings for a in ("-S", setting))], root, env)
     metrics = lambda name: json.loads((root / "metrics" / f"{name}.json").read_text())  # noqa: E731

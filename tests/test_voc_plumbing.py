@@ -70,7 +70,7 @@ def test_camera_ready_plumbing_on_a_miniature_voc_tree(project, tmp_path):
 def test_real_architectures_on_a_voc_sized_tree(project, tmp_path):
     """The voc12 group's nets (ResNet-50, ViT-B/32; random weights from benchmarks/stand_ins.py)
     through every stage on 44 synthetic images of VOC's sizes, at the group's crops and batch
-    sizes, one epoch each, one CAM scale (`-m slow`: about ten minutes on 2 CPU cores)."""
+    sizes, one epoch each, one CAM scale (`-m slow`: about six and a half minutes on 2 CPU cores)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from stand_ins import overrides, write_voc_tree, write_weights
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import sys
 
 import numpy as np
@@ -96,8 +97,31 @@ def test_real_scale_extrapolates_with_each_dataset_groups_own_epochs():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from real_scale import extrapolate
 
-    wall = extrapolate({"train_seg": {"seconds_per_step": 3.6}, "make_cam": {"seconds_per_image": 0.36}})
+    wall = extrapolate({"train_seg": {"seconds_per_step": 3.6}, "make_cam": {"seconds_per_image": 0.36},
+                        "eval_seg": {"seconds_per_image": 9.0, "steady_seconds_per_image": 0.9}})  # the steady pace counts
     assert wall["voc12"]["hours"]["train_seg"] == pytest.approx(57 * 529 * 3.6 / 3600)
     assert wall["coco14"]["hours"]["train_seg"] == pytest.approx(8 * 4139 * 3.6 / 3600)
     assert wall["voc12"]["hours"]["make_cam"] == pytest.approx(2 * 10582 * 0.36 / 3600)
-    assert wall["voc12"]["total_hours"] == pytest.approx(57 * 529 * 3.6 / 3600 + 2 * 10582 * 0.36 / 3600)
+    assert wall["voc12"]["hours"]["eval_seg"] == pytest.approx(1449 * 0.9 / 3600)
+    assert wall["voc12"]["total_hours"] == pytest.approx((57 * 529 * 3.6 + 2 * 10582 * 0.36 + 1449 * 0.9) / 3600)
+
+
+def test_real_scale_repeats_a_per_image_stage_over_its_images_with_its_output_removed(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from real_scale import timed_passes
+
+    out, passes = tmp_path / "cams", []
+
+    def one_pass() -> int:  # a stage that resumes: images already written are skipped
+        out.mkdir(exist_ok=True)
+        todo = [i for i in range(5) if not (out / f"{i}.npz").exists()]
+        for i in todo:
+            (out / f"{i}.npz").touch()
+        passes.append(len(todo))
+        return len(todo)
+
+    assert "steady_seconds_per_image" not in timed_passes(one_pass, out, 1, 0.0) and passes == [5]
+    shutil.rmtree(out)
+    figures = timed_passes(one_pass, out, 3, 0.0)
+    assert passes == [5, 5, 5, 5] and figures["images"] == 5 and figures["steady_seconds_per_image"] > 0
+    assert len(list(out.iterdir())) == 5  # the last pass's output stays for the next stage

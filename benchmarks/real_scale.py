@@ -11,9 +11,10 @@ flip + CRF at test time; its batch sizes) and runs every stage's own function, o
 child process, in that process (`distributed.launcher: local`, no Ray; per-image stages with
 num_workers 0). Training runs two epochs; its cost per step is the second epoch's (the first
 warms up). A per-image stage's cost per image counts its start; on CUDA it runs over its images
-a second time (`--passes`), and the extrapolation takes that steady pace. The peak memory of a stage is the largest sum of the proportional set sizes of its
-process and its children (DataLoader workers), sampled every 0.1 s, and on CUDA torch's peak
-allocation. Results: benchmarks/results/<out>.json.
+a second time (`--passes`), and the extrapolation takes that steady pace. The peak memory of a
+stage is the largest sum of the proportional set sizes of its process and its children
+(DataLoader workers), sampled every 0.1 s, and on CUDA torch's peak allocation. Results:
+benchmarks/results/<out>.json.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""make_cam's per-image cost at VOC size, side by side: every class's maps copied to the host and
-selected there (as make_cam did) against the image's classes selected, normalised and halved on
-the device first (pipeline.cam.infer.select_classes), with where the time goes in each.
+"""make_cam's per-image cost at VOC size, three ways side by side: every class's maps copied to the
+host and selected there (`host`, as make_cam did first), the image's classes selected, normalised
+and halved on the device first (`device`, pipeline.cam.infer.select_classes), each with where the
+time goes; and make_cam's loop as it runs now (`overlapped`: the device's way, the next batches'
+images decoded and the CAM files written in threads beside the GPU's work, pipeline.data.overlap).
 
     python benchmarks/cam_transfer.py [--device cuda|cpu] [--images 120] [--rounds 2]
 
@@ -22,11 +24,12 @@ import torch
 
 from common import REPO, write_results
 from stand_ins import write_voc_tree
-from pipeline.cam.infer import multiscale_maps, normalise, select_classes
+from pipeline.cam.infer import image_cams, multiscale_maps, normalise, select_classes
 from pipeline.config import compose
 from pipeline.data.cam_files import cam_path, load_cam, save_cam
 from pipeline.data.images import load_image
 from pipeline.data.manifest import read_manifest, same_shape_batches
+from pipeline.data.overlap import written_behind
 from pipeline.data.prepare import prepare_splits
 from pipeline.nets.cam_net import build_cam_net
 from pipeline.params import validate
@@ -44,7 +47,16 @@ def on_host(maps: dict[str, torch.Tensor], class_ids: tuple[int, ...]) -> dict[s
             "mask": maps["mask"][index].numpy().astype(np.float16)}
 
 
-def one_pass(way: str, net, batches, scales, precision, device, out: Path, seconds: dict) -> None:
+def one_pass(way: str, net, batches, batch_size, scales, precision, device, out: Path, seconds: dict) -> None:
+    if way == "overlapped":
+        began = time.perf_counter()
+        with written_behind() as write:
+            for batch in image_cams(net, [r for b in batches for r in b], scales, batch_size, precision):
+                for record, arrays in batch:
+                    write(save_cam, cam_path(out, record.image_id), arrays)
+        seconds["total"] = seconds.get("total", 0.0) + time.perf_counter() - began
+        return
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -86,26 +98,28 @@ def main() -> None:
     records = read_manifest(work / "data" / "train.parquet")[: args.images]
     backbone = params.backbone.model_copy(update={"weights": None})
     net = prepared_net(build_cam_net(backbone, len(params.dataset.class_names)).to(device).eval(), precision)
-    scales, batches = list(params.make_cam.scales), list(same_shape_batches(records, params.make_cam.batch_size))
+    scales, batch_size = list(params.make_cam.scales), params.make_cam.batch_size
+    batches = list(same_shape_batches(records, batch_size))
 
-    seconds = {way: {} for way in ("host", "device")}
-    one_pass("device", net, batches, scales, precision, device, work / "warm-up", {})
+    seconds = {way: {} for way in ("host", "device", "overlapped")}
+    one_pass("device", net, batches, batch_size, scales, precision, device, work / "warm-up", {})
     for _ in range(args.rounds):
         for way in seconds:
-            one_pass(way, net, batches, scales, precision, device, work / way, seconds[way])
-    difference = 0.0  # between the two ways' CAM files (float16 values)
+            one_pass(way, net, batches, batch_size, scales, precision, device, work / way, seconds[way])
+    difference = 0.0  # between the ways' CAM files (float16 values)
     for record in records:
-        files = [load_cam(cam_path(work / way, record.image_id)) for way in seconds]
-        difference = max(difference, *(float(np.abs(files[0][k].astype(np.float32) - files[1][k]).max()) for k in files[0]))
+        first, *others = [load_cam(cam_path(work / way, record.image_id)) for way in seconds]
+        difference = max(difference, *(float(np.abs(first[k].astype(np.float32) - other[k]).max()) for other in others for k in first))
 
     per_image = {way: {phase: s / (args.rounds * len(records)) for phase, s in phases.items()} for way, phases in seconds.items()}
-    for way in per_image:
-        per_image[way]["total"] = sum(per_image[way].values())
+    for phases in per_image.values():
+        phases.setdefault("total", sum(phases.values()))
     report = {"device": args.device, "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
               "precision": precision, "images": len(records), "batches": len(batches), "scales": scales,
-              "batch_size": params.make_cam.batch_size, "classes_per_image": float(np.mean([len(r.class_ids) for r in records])),
+              "batch_size": batch_size, "classes_per_image": float(np.mean([len(r.class_ids) for r in records])),
               "seconds_per_image": per_image, "max_file_difference": difference,
-              "speedup": per_image["host"]["total"] / per_image["device"]["total"]}
+              "speedup": per_image["host"]["total"] / per_image["device"]["total"],
+              "overlap_speedup": per_image["device"]["total"] / per_image["overlapped"]["total"]}
     write_results(f"cam_transfer_{args.device}", report)
 
 

@@ -2,7 +2,8 @@
 training), peak memory, and the wall time that extrapolates to PASCAL VOC and COCO.
 
     python benchmarks/real_scale.py [--device cpu|cuda] [--precision fp32|bf16] [--images 44]
-                                    [--clip ViT-B-32-quickgelu] [--passes N] [--workdir DIR] [--out NAME]
+                                    [--clip ViT-B-32-quickgelu] [--passes N] [--profile] [--workdir DIR]
+                                    [--out NAME]
 
 Makes the stand-ins (benchmarks/stand_ins.py: a random ResNet-50 and CLIP, the synthetic world
 rendered at VOC's image sizes in a VOCdevkit tree), composes the voc12 group on them (512-pixel
@@ -11,10 +12,11 @@ flip + CRF at test time; its batch sizes) and runs every stage's own function, o
 child process, in that process (`distributed.launcher: local`, no Ray; per-image stages with
 num_workers 0). Training runs two epochs; its cost per step is the second epoch's (the first
 warms up). A per-image stage's cost per image counts its start; on CUDA it runs over its images
-a second time (`--passes`), and the extrapolation takes that steady pace. The peak memory of a
-stage is the largest sum of the proportional set sizes of its process and its children
-(DataLoader workers), sampled every 0.1 s, and on CUDA torch's peak allocation. Results:
-benchmarks/results/<out>.json.
+a second time (`--passes`), and the extrapolation takes that steady pace; `--profile` adds one
+more pass under torch's profiler (profiled_pass: how busy the GPU was, and on what). The peak
+memory of a stage is the largest sum of the proportional set sizes of its process and its
+children (DataLoader workers), sampled every 0.1 s, and on CUDA torch's peak allocation.
+Results: benchmarks/results/<out>.json.
 """
 from __future__ import annotations
 
@@ -49,9 +51,9 @@ PER_IMAGE = {"make_cam": ("train", 2), "make_ir_label": ("train", 1), "make_sem_
 
 
 # --------------------------------------------------------------------------- one stage, in a child
-def run_stage(stage: str, work: Path, passes: int = 1) -> dict:
+def run_stage(stage: str, work: Path, passes: int = 1, profile: bool = False) -> dict:
     """Run `stage` on the stand-ins in `work` (params.json there); returns its timing. A per-image
-    stage runs `passes` times (timed_passes)."""
+    stage runs `passes` times (timed_passes), and once more under the profiler with `profile`."""
     import torch
 
     from pipeline.params import validate
@@ -119,6 +121,8 @@ def run_stage(stage: str, work: Path, passes: int = 1) -> dict:
                                                                  params.crf if cfg.crf else None, dist.precision)), None)
     if per_image_stage:
         figures = timed_passes(*per_image_stage, passes, began)
+        if profile:
+            figures["profile"] = profiled_pass(*per_image_stage, figures["images"])
     if torch.cuda.is_available() and dist.use_gpu:
         torch.cuda.synchronize()
         figures["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -145,6 +149,36 @@ def timed_passes(one_pass, out: Path | None, passes: int, began: float) -> dict:
                 shutil.rmtree(out)
             one_pass()
         figures["steady_seconds_per_image"] = (time.perf_counter() - again) / max(1, images * (passes - 1))
+    return figures
+
+
+def profiled_pass(one_pass, out: Path | None, images: int, top: int = 8) -> dict:
+    """One more pass over the images under torch's profiler, its output removed first: the share
+    of its wall time the GPU ran kernels (on CUDA), and the `top` kernels and host-side ops by
+    their own time, in seconds per image. The profiler slows the host, so its wall time is not
+    the pace."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = torch.cuda.is_available()
+    if out:
+        shutil.rmtree(out)
+    began = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]) as profiler:
+        one_pass()
+        if gpu:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - began
+    events = profiler.key_averages()
+
+    def largest(field: str) -> list:
+        ranked = sorted(events, key=lambda e: -getattr(e, field))[:top]
+        return [[e.key, getattr(e, field) / 1e6 / max(1, images)] for e in ranked]
+
+    figures = {"seconds_per_image": wall / max(1, images), "top_host_ops": largest("self_cpu_time_total")}
+    if gpu:
+        figures |= {"gpu_busy_share": sum(e.self_device_time_total for e in events) / 1e6 / wall,
+                    "top_kernels": largest("self_device_time_total")}
     return figures
 
 
@@ -219,11 +253,12 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value): a quick check")
     parser.add_argument("--out", type=results_name, help="results name (default real_scale_<device>)")
     parser.add_argument("--passes", type=int, help="passes of each per-image stage (default: 2 on cuda, 1 on cpu; timed_passes)")
+    parser.add_argument("--profile", action="store_true", help="one more pass of each per-image stage under the profiler")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.passes = args.passes or (2 if args.device == "cuda" else 1)
     if args.child:
-        print("RESULT " + json.dumps(run_stage(args.child, args.workdir, args.passes)), flush=True)
+        print("RESULT " + json.dumps(run_stage(args.child, args.workdir, args.passes, args.profile)), flush=True)
         return
     args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
     args.workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="clims-real-scale-"))).resolve()
@@ -247,15 +282,15 @@ def main() -> None:
             if folder:
                 shutil.rmtree(args.workdir / folder, ignore_errors=True)
         began = time.perf_counter()
-        child = subprocess.Popen([sys.executable, __file__, "--child", stage, "--workdir", str(args.workdir), "--passes", str(args.passes)],
-                                 stdout=subprocess.PIPE, text=True, cwd=args.workdir)
+        child = subprocess.Popen([sys.executable, __file__, "--child", stage, "--workdir", str(args.workdir), "--passes", str(args.passes),
+                                  *(["--profile"] if args.profile else [])], stdout=subprocess.PIPE, text=True, cwd=args.workdir)
         peak = peak_memory(child)
         out, _ = child.communicate()
         if child.returncode != 0:
             raise SystemExit(f"{stage} failed (exit {child.returncode})")
         result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
         stages[stage] = {**result, "wall_seconds": time.perf_counter() - began, "peak_memory_gib": peak[0]}
-        print(f"{stage:14s} " + " ".join(f"{k} {v:.3g}" for k, v in stages[stage].items()), flush=True)
+        print(f"{stage:14s} " + " ".join(f"{k} {v:.3g}" for k, v in stages[stage].items() if k != "profile"), flush=True)
 
     import torch
 

@@ -125,3 +125,26 @@ def test_real_scale_repeats_a_per_image_stage_over_its_images_with_its_output_re
     figures = timed_passes(one_pass, out, 3, 0.0)
     assert passes == [5, 5, 5, 5] and figures["images"] == 5 and figures["steady_seconds_per_image"] > 0
     assert len(list(out.iterdir())) == 5  # the last pass's output stays for the next stage
+
+
+def test_real_scale_profiles_one_more_pass_and_ranks_its_ops(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from real_scale import profiled_pass
+
+    out, sizes = tmp_path / "labels", []
+
+    def one_pass() -> int:  # a stage with one heavy op, resuming as the stages do
+        out.mkdir(exist_ok=True)
+        todo = [i for i in range(3) if not (out / f"{i}.png").exists()]
+        for i in todo:
+            torch.linalg.inv(torch.eye(64) * 2)
+            (out / f"{i}.png").touch()
+        sizes.append(len(todo))
+        return len(todo)
+
+    one_pass()
+    figures = profiled_pass(one_pass, out, 3, top=50)
+    assert sizes == [3, 3] and figures["seconds_per_image"] > 0  # its output removed first: every image again
+    ops = dict(figures["top_host_ops"])
+    assert any(name.startswith("aten::linalg_inv") for name in ops) and all(seconds >= 0 for seconds in ops.values())
+    assert ("gpu_busy_share" in figures) == torch.cuda.is_available()

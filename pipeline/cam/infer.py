@@ -19,8 +19,8 @@ import torch
 
 from pipeline.codedeps import code_digest
 from pipeline.data.cam_files import cam_path, readable_cam, save_cam, stride_size
-from pipeline.data.images import load_image
 from pipeline.data.manifest import ImageRecord, data_fingerprint, same_shape_batches
+from pipeline.data.overlap import load_images, read_ahead, written_behind
 from pipeline.io import NET_WEIGHTS, file_digest, resume_folder
 from pipeline.nets.cam_net import CamNet, load_cam_net
 from pipeline.ops.maps import upsample
@@ -74,11 +74,11 @@ def select_classes(maps: dict[str, torch.Tensor], class_ids: tuple[int, ...]) ->
 
 def image_cams(net: CamNet, records: list[ImageRecord], scales: list[float], batch_size: int,
                precision: str = "fp32") -> Iterator[list[tuple]]:
-    """Per batch of same-shape images: (record, its CAM file's arrays) for each image of it."""
+    """Per batch of same-shape images: (record, its CAM file's arrays) for each image of it. The
+    next batches' images are decoded meanwhile (read_ahead)."""
     device = next(net.parameters()).device
-    for batch in same_shape_batches(records, batch_size):
-        images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
-        maps = multiscale_maps(net, images, scales, precision)
+    for batch, images in read_ahead(same_shape_batches(records, batch_size), load_images):
+        maps = multiscale_maps(net, images.to(device), scales, precision)
         yield [(r, select_classes({k: v[i] for k, v in maps.items()}, r.class_ids)) for i, r in enumerate(batch)]
 
 
@@ -89,9 +89,10 @@ def cam_shard(records: list[ImageRecord], net_dir: str, out: str, scales: list[f
     device = stage_device(use_gpu)
     net = prepared_net(load_cam_net(net_dir, device)[0], precision)
     todo = [r for r in records if not readable_cam(cam_path(out, r.image_id))]  # a damaged file is made again
-    for batch in image_cams(net, todo, scales, batch_size, precision):
-        for record, arrays in batch:
-            save_cam(cam_path(out, record.image_id), arrays)
+    with written_behind() as write:
+        for batch in image_cams(net, todo, scales, batch_size, precision):
+            for record, arrays in batch:
+                write(save_cam, cam_path(out, record.image_id), arrays)
     return len(todo)
 
 

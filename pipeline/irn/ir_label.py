@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from pipeline.codedeps import code_digest
-from pipeline.data.cam_files import cam_path, load_cam
-from pipeline.data.images import load_image
+from pipeline.data.cam_files import cam_path
 from pipeline.data.manifest import ImageRecord, data_fingerprint, same_shape_batches
+from pipeline.data.overlap import images_and_cams, read_ahead, save_label, written_behind
 from pipeline.errors import UserError
-from pipeline.io import SOURCE_FILE, atomic_path, file_digest, label_png_path, read_label, resume_folder, save_label_png
+from pipeline.io import SOURCE_FILE, file_digest, label_png_path, read_label, resume_folder
 from pipeline.metrics import IGNORE, confusion, miou
 from pipeline.ops.crf import crf_labels, pairwise_kernel
 from pipeline.ops.maps import threshold_labels
@@ -41,16 +41,14 @@ def ir_label_shard(records: list[ImageRecord], cam_folder: str, out: str, fg_thr
     device = stage_device(use_gpu)
     torch.set_flush_denormal(True)  # the CRF's tiny kernel values as denormals slow a CPU down ~5x
     todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
-    for batch in same_shape_batches(todo, batch_size):
-        cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
-        images = torch.stack([load_image(r.image_path) * 255 for r in batch]).to(device)
-        maps = torch.stack([torch.from_numpy(c["high_res"].astype(np.float32)) for c in cams]).to(device)
-        labels = ir_labels(images, maps, fg_threshold, bg_threshold, crf).cpu().numpy()
-        for record, cam, label in zip(batch, cams, labels):
-            class_of = np.full(256, IGNORE, np.uint8)  # CAM index -> class id; IGNORE stays
-            class_of[: len(cam["class_ids"]) + 1] = [0, *cam["class_ids"]]
-            with atomic_path(label_png_path(out, record.image_id)) as tmp:
-                save_label_png(tmp, class_of[label])
+    with written_behind() as write:
+        for batch, (images, cams) in read_ahead(same_shape_batches(todo, batch_size), lambda b: images_and_cams(b, cam_folder)):
+            maps = torch.stack([torch.from_numpy(c["high_res"].astype(np.float32)) for c in cams]).to(device)
+            labels = ir_labels(images.to(device) * 255, maps, fg_threshold, bg_threshold, crf).cpu().numpy()
+            for record, cam, label in zip(batch, cams, labels):
+                class_of = np.full(256, IGNORE, np.uint8)  # CAM index -> class id; IGNORE stays
+                class_of[: len(cam["class_ids"]) + 1] = [0, *cam["class_ids"]]
+                write(save_label, label_png_path(out, record.image_id), class_of[label])
     return len(todo)
 
 

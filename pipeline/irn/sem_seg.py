@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.codedeps import code_digest
-from pipeline.data.cam_files import CAM_STRIDE, cam_path, load_cam
-from pipeline.data.images import load_image
+from pipeline.data.cam_files import CAM_STRIDE, cam_path
 from pipeline.data.manifest import ImageRecord, data_fingerprint, same_shape_batches
+from pipeline.data.overlap import images_and_cams, read_ahead, save_label, written_behind
 from pipeline.errors import UserError
-from pipeline.io import NET_WEIGHTS, SOURCE_FILE, atomic_path, file_digest, label_png_path, resume_folder, save_label_png
+from pipeline.io import NET_WEIGHTS, SOURCE_FILE, file_digest, label_png_path, resume_folder
 from pipeline.irn.random_walk import propagate
 from pipeline.nets.boundary import BoundaryNet, boundary_map, load_boundary_net
 from pipeline.ops.crf import crf_labels, pairwise_kernel
@@ -62,21 +62,20 @@ def sem_seg_shard(records: list[ImageRecord], net_dir: str, cam_folder: str, out
     torch.set_flush_denormal(True)  # see ir_label_shard
     net = prepared_net(load_boundary_net(net_dir, device)[0], precision)
     todo = [r for r in records if not label_png_path(out, r.image_id).is_file()]
-    for batch in same_shape_batches(todo, cfg.batch_size):
-        cams = [load_cam(cam_path(cam_folder, r.image_id)) for r in batch]
-        for record, cam, label in zip(batch, cams, _labels(net, batch, cams, cfg, crf if cfg.crf else None, device, precision)):
-            with atomic_path(label_png_path(out, record.image_id)) as tmp:
-                save_label_png(tmp, np.asarray([0, *cam["class_ids"]], np.uint8)[label])
+    with written_behind() as write:
+        for batch, (images, cams) in read_ahead(same_shape_batches(todo, cfg.batch_size), lambda b: images_and_cams(b, cam_folder)):
+            labels = _labels(net, batch, images, cams, cfg, crf if cfg.crf else None, device, precision)
+            for record, cam, label in zip(batch, cams, labels):
+                write(save_label, label_png_path(out, record.image_id), np.asarray([0, *cam["class_ids"]], np.uint8)[label])
     return len(todo)
 
 
-def _labels(net, batch: list[ImageRecord], cams: list[dict], walk: MakeSemSeg, crf: CrfSection | None, device,
-            precision: str) -> np.ndarray:
-    images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
+def _labels(net, batch: list[ImageRecord], images: torch.Tensor, cams: list[dict], walk: MakeSemSeg, crf: CrfSection | None,
+            device, precision: str) -> np.ndarray:
     if not batch[0].class_ids:  # nothing to walk: all background
         return np.zeros((len(batch), *images.shape[-2:]), np.int64)
     maps = torch.stack([torch.from_numpy(c["cam"].astype(np.float32)) for c in cams]).to(device)
-    return walk_labels(net, images, maps, walk, crf, precision).cpu().numpy()
+    return walk_labels(net, images.to(device), maps, walk, crf, precision).cpu().numpy()
 
 
 def sem_seg_stamp(records: list[ImageRecord], net_dir: Path, cam_folder: Path, cfg: MakeSemSeg, crf: CrfSection,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from pipeline.data.images import load_image
 from pipeline.data.manifest import ImageRecord, same_shape_batches
+from pipeline.data.overlap import load_images, read_ahead
 from pipeline.ops.crf import mean_field, pairwise_kernel
 from pipeline.ops.maps import upsample
 from pipeline.params import CrfSection
@@ -37,8 +37,8 @@ def predict_labels(net, records: list[ImageRecord], scales: list[float], batch_s
     """(record, its predicted label map (H, W) of class ids) for each record, batch by batch, on
     the net's device: a split is scored without holding its predictions."""
     device = next(net.parameters()).device
-    for batch in same_shape_batches(records, batch_size):
-        images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
+    for batch, images in read_ahead(same_shape_batches(records, batch_size), load_images):
+        images = images.to(device)
         prob = multiscale_probabilities(net, images, scales, precision)
         if crf is not None:
             prob = mean_field(-prob.clamp_min(1e-8).log(), pairwise_kernel(images * 255, crf), crf)

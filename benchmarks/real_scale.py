@@ -2,8 +2,8 @@
 training), peak memory, and the wall time that extrapolates to PASCAL VOC and COCO.
 
     python benchmarks/real_scale.py [--device cpu|cuda] [--precision fp32|bf16] [--images 44]
-                                    [--clip ViT-B-32-quickgelu] [--passes N] [--profile] [--workdir DIR]
-                                    [--out NAME]
+                                    [--clip ViT-B-32-quickgelu] [--passes N] [--profile IMAGES]
+                                    [--workdir DIR] [--out NAME]
 
 Makes the stand-ins (benchmarks/stand_ins.py: a random ResNet-50 and CLIP, the synthetic world
 rendered at VOC's image sizes in a VOCdevkit tree), composes the voc12 group on them (512-pixel
@@ -12,10 +12,10 @@ flip + CRF at test time; its batch sizes) and runs every stage's own function, o
 child process, in that process (`distributed.launcher: local`, no Ray; per-image stages with
 num_workers 0). Training runs two epochs; its cost per step is the second epoch's (the first
 warms up). A per-image stage's cost per image counts its start; on CUDA it runs over its images
-a second time (`--passes`), and the extrapolation takes that steady pace; `--profile` adds one
-more pass under torch's profiler (profiled_pass: how busy the GPU was, and on what). The peak
-memory of a stage is the largest sum of the proportional set sizes of its process and its
-children (DataLoader workers), sampled every 0.1 s, and on CUDA torch's peak allocation.
+a second time (`--passes`), and the extrapolation takes that steady pace; `--profile N` then runs
+its first N images under torch's profiler (profiled_pass: how busy the GPU was, and on what).
+The peak memory of a stage is the largest sum of the proportional set sizes of its process and
+its children (DataLoader workers), sampled every 0.1 s, and on CUDA torch's peak allocation.
 Results: benchmarks/results/<out>.json.
 """
 from __future__ import annotations
@@ -51,9 +51,10 @@ PER_IMAGE = {"make_cam": ("train", 2), "make_ir_label": ("train", 1), "make_sem_
 
 
 # --------------------------------------------------------------------------- one stage, in a child
-def run_stage(stage: str, work: Path, passes: int = 1, profile: bool = False) -> dict:
+def run_stage(stage: str, work: Path, passes: int = 1, profile: int = 0) -> dict:
     """Run `stage` on the stand-ins in `work` (params.json there); returns its timing. A per-image
-    stage runs `passes` times (timed_passes), and once more under the profiler with `profile`."""
+    stage runs `passes` times (timed_passes), then over its first `profile` images under the
+    profiler (profiled_pass)."""
     import torch
 
     from pipeline.params import validate
@@ -64,7 +65,7 @@ def run_stage(stage: str, work: Path, passes: int = 1, profile: bool = False) ->
     manifest = data / "train.parquet"
     began = time.perf_counter()
     figures: dict = {}
-    per_image_stage = None  # (a pass over the images -> how many, the folder it writes)
+    per_image_stage = None  # (a pass over (some images, into a folder) -> how many, the folder it writes)
     if stage == "prepare_data":
         from pipeline.data.prepare import prepare_splits
 
@@ -85,13 +86,13 @@ def run_stage(stage: str, work: Path, passes: int = 1, profile: bool = False) ->
         from pipeline.data.manifest import read_manifest
 
         records = read_manifest(manifest)
-        per_image_stage = (lambda: make_cams(records, art / "net_clims", art / "cams_clims", params.make_cam, dist), art / "cams_clims")
+        per_image_stage = (lambda chosen, out: make_cams(chosen, art / "net_clims", out, params.make_cam, dist), art / "cams_clims")
     elif stage == "make_ir_label":
         from pipeline.data.manifest import read_manifest
         from pipeline.irn.ir_label import make_ir_labels
 
         records = read_manifest(manifest)
-        per_image_stage = (lambda: make_ir_labels(records, art / "cams_clims", art / "ir_labels", params.make_ir_label, params.crf, dist),
+        per_image_stage = (lambda chosen, out: make_ir_labels(chosen, art / "cams_clims", out, params.make_ir_label, params.crf, dist),
                            art / "ir_labels")
     elif stage == "train_irn":
         from pipeline.irn.train import train_irn
@@ -102,8 +103,8 @@ def run_stage(stage: str, work: Path, passes: int = 1, profile: bool = False) ->
         from pipeline.irn.sem_seg import make_sem_seg
 
         records = read_manifest(manifest)
-        per_image_stage = (lambda: make_sem_seg(records, art / "net_irn", art / "cams_clims", art / "pseudo_labels", params.make_sem_seg,
-                                                params.crf, dist), art / "pseudo_labels")
+        per_image_stage = (lambda chosen, out: make_sem_seg(chosen, art / "net_irn", art / "cams_clims", out, params.make_sem_seg,
+                                                            params.crf, dist), art / "pseudo_labels")
     elif stage == "train_seg":
         from pipeline.seg.train import train_seg
 
@@ -117,12 +118,14 @@ def run_stage(stage: str, work: Path, passes: int = 1, profile: bool = False) ->
         net = prepared_net(load_seg_net(art / "net_seg", stage_device(dist.use_gpu))[0], dist.precision)
         records = read_manifest(data / "val.parquet")
         cfg = params.eval_seg
-        per_image_stage = (lambda: sum(1 for _ in predict_labels(net, records, cfg.scales, cfg.batch_size,
-                                                                 params.crf if cfg.crf else None, dist.precision)), None)
+        per_image_stage = (lambda chosen, _: sum(1 for _ in predict_labels(net, chosen, cfg.scales, cfg.batch_size,
+                                                                           params.crf if cfg.crf else None, dist.precision)), None)
     if per_image_stage:
-        figures = timed_passes(*per_image_stage, passes, began)
-        if profile:
-            figures["profile"] = profiled_pass(*per_image_stage, figures["images"])
+        run_on, out = per_image_stage
+        figures = timed_passes(lambda: run_on(records, out), out, passes, began)
+        if profile:  # into a folder of its own: the next stage reads every image's output
+            aside = art / "profiled" if out else None
+            figures["profile"] = profiled_pass(lambda: run_on(records[:profile], aside), aside)
     if torch.cuda.is_available() and dist.use_gpu:
         torch.cuda.synchronize()
         figures["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -152,30 +155,32 @@ def timed_passes(one_pass, out: Path | None, passes: int, began: float) -> dict:
     return figures
 
 
-def profiled_pass(one_pass, out: Path | None, images: int, top: int = 8) -> dict:
-    """One more pass over the images under torch's profiler, its output removed first: the share
-    of its wall time the GPU ran kernels (on CUDA), and the `top` kernels and host-side ops by
-    their own time, in seconds per image. The profiler slows the host, so its wall time is not
-    the pace."""
+def profiled_pass(one_pass, out: Path | None, top: int = 8) -> dict:
+    """A pass (over a few images: the profiler records every op, and IRN's walk runs thousands an
+    image) under torch's profiler, writing into `out`, removed before and after: the share of its
+    wall time the GPU ran kernels (on CUDA), and the `top` kernels and host-side ops by their own
+    time, in seconds per image. The profiler slows the host, so its wall time is not the pace."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     gpu = torch.cuda.is_available()
     if out:
-        shutil.rmtree(out)
+        shutil.rmtree(out, ignore_errors=True)
     began = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]) as profiler:
-        one_pass()
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])], acc_events=True) as profiler:
+        images = one_pass()
         if gpu:
             torch.cuda.synchronize()
     wall = time.perf_counter() - began
+    if out:
+        shutil.rmtree(out)
     events = profiler.key_averages()
 
     def largest(field: str) -> list:
         ranked = sorted(events, key=lambda e: -getattr(e, field))[:top]
         return [[e.key, getattr(e, field) / 1e6 / max(1, images)] for e in ranked]
 
-    figures = {"seconds_per_image": wall / max(1, images), "top_host_ops": largest("self_cpu_time_total")}
+    figures = {"images": images, "seconds_per_image": wall / max(1, images), "top_host_ops": largest("self_cpu_time_total")}
     if gpu:
         figures |= {"gpu_busy_share": sum(e.self_device_time_total for e in events) / 1e6 / wall,
                     "top_kernels": largest("self_device_time_total")}
@@ -253,7 +258,8 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value): a quick check")
     parser.add_argument("--out", type=results_name, help="results name (default real_scale_<device>)")
     parser.add_argument("--passes", type=int, help="passes of each per-image stage (default: 2 on cuda, 1 on cpu; timed_passes)")
-    parser.add_argument("--profile", action="store_true", help="one more pass of each per-image stage under the profiler")
+    parser.add_argument("--profile", type=int, default=0, metavar="IMAGES",
+                        help="then each per-image stage's first IMAGES images under the profiler (profiled_pass)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.passes = args.passes or (2 if args.device == "cuda" else 1)
@@ -283,7 +289,7 @@ def main() -> None:
                 shutil.rmtree(args.workdir / folder, ignore_errors=True)
         began = time.perf_counter()
         child = subprocess.Popen([sys.executable, __file__, "--child", stage, "--workdir", str(args.workdir), "--passes", str(args.passes),
-                                  *(["--profile"] if args.profile else [])], stdout=subprocess.PIPE, text=True, cwd=args.workdir)
+                                  "--profile", str(args.profile)], stdout=subprocess.PIPE, text=True, cwd=args.workdir)
         peak = peak_memory(child)
         out, _ = child.communicate()
         if child.returncode != 0:

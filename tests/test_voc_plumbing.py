@@ -127,24 +127,25 @@ def test_real_scale_repeats_a_per_image_stage_over_its_images_with_its_output_re
     assert len(list(out.iterdir())) == 5  # the last pass's output stays for the next stage
 
 
-def test_real_scale_profiles_one_more_pass_and_ranks_its_ops(tmp_path):
+def test_real_scale_profiles_a_pass_in_a_folder_of_its_own_and_ranks_its_ops(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from real_scale import profiled_pass
 
-    out, sizes = tmp_path / "labels", []
+    aside, written = tmp_path / "profiled", []
 
-    def one_pass() -> int:  # a stage with one heavy op, resuming as the stages do
-        out.mkdir(exist_ok=True)
-        todo = [i for i in range(3) if not (out / f"{i}.png").exists()]
-        for i in todo:
+    def one_pass() -> int:  # a stage with one heavy op, writing its files
+        aside.mkdir()
+        for i in range(3):
             torch.linalg.inv(torch.eye(64) * 2)
-            (out / f"{i}.png").touch()
-        sizes.append(len(todo))
-        return len(todo)
+            (aside / f"{i}.png").touch()
+        written.append(len(list(aside.iterdir())))
+        return 3
 
-    one_pass()
-    figures = profiled_pass(one_pass, out, 3, top=50)
-    assert sizes == [3, 3] and figures["seconds_per_image"] > 0  # its output removed first: every image again
+    aside.mkdir()
+    (aside / "stale.png").touch()  # left by an earlier run: removed first
+    figures = profiled_pass(one_pass, aside, top=50)
+    assert written == [3] and not aside.exists()  # the profiled output is removed after too
+    assert figures["images"] == 3 and figures["seconds_per_image"] > 0
     ops = dict(figures["top_host_ops"])
     assert any(name.startswith("aten::linalg_inv") for name in ops) and all(seconds >= 0 for seconds in ops.values())
     assert ("gpu_busy_share" in figures) == torch.cuda.is_available()

@@ -177,6 +177,9 @@ class TinyClipTraining(Section):
     # Weight of a pull of every absent object's cosine down to 0, wherever it is absent (its
     # context, the ground, a hole): the sigmoid objective stops pushing at about 0.2.
     absent_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    # How much an object's target falls as the rest of the view fills it: times 1 - purity * (the
+    # share of the view's visible content that is something else). 0: a view's clutter is free.
+    purity: Probability = 0.0
 
     @model_validator(mode="after")
     def _ramp_rises(self):

@@ -61,6 +61,27 @@ def test_a_visible_part_counts_as_the_object_when_asked():
     assert visibility_targets(*args, parts=(part_maps, half_the_part))[0, 0].item() == pytest.approx(0.6)
 
 
+def test_purity_lowers_an_object_by_the_share_of_the_view_that_is_something_else():
+    concepts = torch.zeros(1, 2, 4, 4)  # one object class, one background kind
+    concepts[0, 0, :2, :2] = 1  # 4 object pixels
+    concepts[0, 1] = 1 - concepts[0, 0]  # 12 background pixels
+    whole = visibility_targets(concepts, concepts, torch.tensor([1.0]), 1, background_ref=0.5, purity=0.4)
+    # The whole object shown beside 12 background pixels: 12 / 16 of the view is something else.
+    torch.testing.assert_close(whole, torch.tensor([[1 - 0.4 * 12 / 16, 1.0]]))
+    exact = concepts.clone()
+    exact[0, 1] = 0  # the object alone: nothing else to lower it
+    assert visibility_targets(concepts, exact, torch.tensor([1.0]), 1, purity=0.4)[0, 0] == 1.0
+    spilled = exact.clone()
+    spilled[0, 1, 2, :] = 1  # 4 background pixels beside the 4 of the object
+    assert visibility_targets(concepts, spilled, torch.tensor([1.0]), 1, purity=0.4)[0, 0].item() == pytest.approx(0.8)
+    # Without purity the same view is the whole object; with it, half shown on a 0..1 ramp is halved again.
+    assert visibility_targets(concepts, spilled, torch.tensor([1.0]), 1)[0, 0] == 1.0
+    half = spilled.clone()
+    half[0, 0, 0, :] = 0  # 2 object pixels and 4 others
+    targets = visibility_targets(concepts, half, torch.tensor([1.0]), 1, object_ramp=(0.0, 1.0), purity=0.4)
+    assert targets[0, 0].item() == pytest.approx(0.5 * (1 - 0.4 * 4 / 6))
+
+
 def test_the_absent_pull_charges_only_objects_a_view_does_not_show():
     """The sigmoid BCE plus absent_weight * mean relu(cos)^2 over the (view, object) pairs whose
     target is 0: a view's background concepts and the objects it shows are not charged, and an

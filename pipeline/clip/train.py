@@ -115,7 +115,7 @@ def _optimise(clip: FrozenClip, pool: ScenePool, tokens: torch.Tensor, train, on
     losses = []
     for step in tqdm(range(train.steps), desc="train tiny CLIP", unit="step", mininterval=5):
         images, targets, weights = sample_views(pool, train.batch_size, generator, probs, train.part_is_object,
-                                                  train.object_ramp)
+                                                  train.object_ramp, train.purity)
         text_features = F.normalize(model.encode_text(tokens), dim=-1)
         loss = multilabel_loss(clip, images, text_features, targets, weights, pool.num_classes, train.absent_weight)
         optimizer.zero_grad(set_to_none=True)

@@ -226,11 +226,14 @@ def visibility_targets(
     background_ref: float = BACKGROUND_REF,
     object_ramp: tuple[float, float] = OBJECT_RAMP,
     parts: tuple[torch.Tensor, torch.Tensor] | None = None,
+    purity: float = 0.0,
 ) -> torch.Tensor:
     """Targets in [0,1]: how visible each object is (its visible share, ramped) and each
     background (its visible area over `background_ref` of the image). With `parts` (each class's
     part pixels, B,K,H,W, and the view of them), an object also counts as there as far as its
-    distinctive part is (ramped the same way): a head alone is the bird."""
+    distinctive part is (ramped the same way): a head alone is the bird. With `purity`, an
+    object's target is multiplied by 1 - purity * (the share of the view's visible content that
+    is not the object): a mask that spills over the ground shows the bird less well."""
     seen = views.sum((2, 3)) * area_scale[:, None]  # in pixels of the original image
     total = concepts.sum((2, 3))
     size = concepts.shape[-1] * concepts.shape[-2]
@@ -240,6 +243,9 @@ def visibility_targets(
         part_maps, part_views = parts
         part_seen = part_views.sum((2, 3)) * area_scale[:, None]
         objects = torch.maximum(objects, ramp(part_seen / part_maps.sum((2, 3)).clamp(min=1.0)))
+    if purity:
+        others = 1 - seen[:, :num_classes] / seen.sum(1, keepdim=True).clamp(min=1e-6)
+        objects = objects.clamp(0.0, 1.0) * (1 - purity * others)
     grounds = seen[:, num_classes:] / (background_ref * size)
     return torch.cat([objects, grounds], 1).clamp(0.0, 1.0)
 
@@ -254,11 +260,12 @@ def loss_weights(kinds: torch.Tensor, num_classes: int, num_concepts: int) -> to
 
 
 def sample_views(pool: ScenePool, batch: int, generator: torch.Generator, view_probs=VIEW_PROBS,
-                 part_is_object: bool = False, object_ramp: tuple[float, float] = OBJECT_RAMP):
+                 part_is_object: bool = False, object_ramp: tuple[float, float] = OBJECT_RAMP, purity: float = 0.0):
     """A batch of training views: images (B,3,S,S in [0,1]), visibility targets (B,K+Bg) and
     the loss weight of each target. `part_is_object`: a view showing an object's distinctive part
     shows the object (as a real CLIP says "bird" to a bird's head), whatever else of it is hidden.
-    `object_ramp`: the visible shares of an object at which it starts to count and counts fully."""
+    `object_ramp`: the visible shares of an object at which it starts to count and counts fully.
+    `purity`: how much the rest of a view lowers an object's target (visibility_targets)."""
     idx = torch.randint(0, len(pool), (batch,), generator=generator)
     kinds = torch.multinomial(torch.tensor(view_probs, dtype=torch.float), batch, replacement=True, generator=generator)
     masks, boxes, kinds = _masks(pool, idx, kinds, generator)
@@ -272,5 +279,6 @@ def sample_views(pool: ScenePool, batch: int, generator: torch.Generator, view_p
     if part_is_object:
         part_maps = concepts[:, : pool.num_classes] * pool.parts[idx].unsqueeze(1)
         parts = part_maps, F.grid_sample(part_maps * masks, grid, mode="bilinear", align_corners=False)
-    targets = visibility_targets(concepts, seen, area_scale, pool.num_classes, object_ramp=object_ramp, parts=parts)
+    targets = visibility_targets(concepts, seen, area_scale, pool.num_classes, object_ramp=object_ramp, parts=parts,
+                                 purity=purity)
     return views, targets, loss_weights(kinds, pool.num_classes, targets.shape[1])

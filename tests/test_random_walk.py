@@ -132,3 +132,20 @@ def test_walk_diagnosis_scores_the_crf_labels_make_sem_seg_writes():
         assert np.array_equal(labels[i, 0], np.asarray([0, *ids])[written[i].numpy()])
     assert (labels[:, 1] > 0).sum() < (labels[:, 0] > 0).sum()
     assert set(np.unique(labels)) <= {0, 1, 2, 5, 6}
+
+
+def test_the_unfolded_walk_candidate_takes_the_same_steps():
+    """benchmarks/random_walk.py's GPU candidate (one product over an unfolded window a step)
+    against propagate, on a grid with a wall and the window's corners outside the radius."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from random_walk import unfolded_walk
+
+    torch.manual_seed(0)
+    boundary = torch.rand(9, 7) * 0.3
+    boundary[:, 3] = 0.95
+    cams = torch.rand(2, 9, 7)
+    torch.testing.assert_close(unfolded_walk(cams, boundary, 3, 10.0, 4), propagate(cams, boundary, 3, 10.0, 4))

@@ -27,9 +27,8 @@ from stand_ins import write_voc_tree
 from pipeline.cam.infer import image_cams, multiscale_maps, normalise, select_classes
 from pipeline.config import compose
 from pipeline.data.cam_files import cam_path, load_cam, save_cam
-from pipeline.data.images import load_image
 from pipeline.data.manifest import read_manifest, same_shape_batches
-from pipeline.data.overlap import written_behind
+from pipeline.data.overlap import load_images, written_behind
 from pipeline.data.prepare import prepare_splits
 from pipeline.nets.cam_net import build_cam_net
 from pipeline.params import validate
@@ -63,7 +62,7 @@ def one_pass(way: str, net, batches, batch_size, scales, precision, device, out:
 
     for batch in batches:
         began = time.perf_counter()
-        images = torch.stack([load_image(r.image_path) for r in batch]).to(device)
+        images = load_images(batch).to(device)
         loaded = time.perf_counter()
         maps = multiscale_maps(net, images, scales, precision)
         sync()

@@ -3,6 +3,7 @@
     python benchmarks/ablation.py [--seeds 0 1 2] [--variants otm otm_btm otm_btm_cbs full no_btm ...]
                                   [--source DIR] [--baselines RUNS] [--out ablation] [-S key=value ...]
     python benchmarks/ablation.py --reprint --out NAME     # the tables of a results file, nothing run
+    python benchmarks/ablation.py --reprint NAME NAME ...  # one study run in parts (seeds, variants), pooled
 
 For every seed (of the baseline's and CLIMS's training, and of the boundary net's) the baseline
 CAM net is trained once; each CLIMS variant starts from it. Sequentially, the losses switched on
@@ -202,13 +203,24 @@ def leak(per_seed: list[dict]) -> str:
     return spread([r["context_leak"] for r in per_seed], lower_is_better=True) + " %"
 
 
-def reprint(name: str) -> None:
-    """The tables of benchmarks/results/<name>.json, from the seeds and variants it holds."""
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
-        raise SystemExit(f"{path} does not exist")
-    # the oldest files hold each run's CAM figures at the top level
-    runs = {key: run if "cam" in run else {"cam": run} for key, run in json.loads(path.read_text())["runs"].items()}
+def reprint(names: list[str]) -> None:
+    """The tables of benchmarks/results/<name>.json, pooled over the files of one study run in
+    parts (their CLIP and overrides must agree), from the seeds and variants they hold."""
+    runs, study = {}, None
+    for name in names:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            raise SystemExit(f"{path} does not exist")
+        results = json.loads(path.read_text())
+        this = {key: results.get(key) for key in ("clip", "overrides")}
+        if study is not None and this != study[1]:
+            raise SystemExit(f"{path}: its CLIP or overrides differ from {study[0]}'s; not one study")
+        study = study or (path.name, this)
+        for key, run in results["runs"].items():
+            run = run if "cam" in run else {"cam": run}  # the oldest files hold the CAM figures at the top level
+            if key in runs and runs[key] != run:
+                raise SystemExit(f"{path}: its {key} differs from an earlier file's; not one study")
+            runs[key] = run
     seeds = sorted({int(key.split("/")[0].removeprefix("seed")) for key in runs})
     variants = [v for v in VARIANTS if all(f"seed{s}/{v}" in runs for s in seeds)]
     print_table(runs, seeds, variants)
@@ -222,10 +234,11 @@ def main() -> None:
     parser.add_argument("--baselines", type=Path, help="an earlier run's folder: reuse its seeds' baseline nets and CAMs")
     parser.add_argument("--out", type=results_name, default="ablation", help="results name: benchmarks/results/<out>.json")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value (YAML value), applied to every run")
-    parser.add_argument("--reprint", action="store_true", help="print the tables of benchmarks/results/<out>.json; run nothing")
+    parser.add_argument("--reprint", nargs="*", metavar="NAME",
+                        help="print the tables of these results files pooled (none named: --out's); run nothing")
     args = parser.parse_args()
-    if args.reprint:
-        return reprint(args.out)
+    if args.reprint is not None:
+        return reprint(args.reprint or [args.out])
     source = args.source.resolve()
     for path in SHARED:
         if not (source / path).exists():

@@ -1,6 +1,7 @@
 """benchmarks/ablation.py's tables: the sequential gains and the leave-one-out shares, paired per seed."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import yaml
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import ablation  # noqa: E402
 from ablation import earlier_baseline, print_table  # noqa: E402
 
 
@@ -49,6 +51,29 @@ def test_a_rows_gain_is_split_into_the_classes_that_kept_their_context_state_and
     lines = capsys.readouterr().out.splitlines()
     # the background: +3 (seed 0), -5 (seed 1, the car's road taken from it)
     assert "| otm CAM | 5.0 ± 1.0 (worst 4.0) | -1.0 ± 4.0 (worst -5.0) | seed 0: boat off; seed 1: car onto |" in lines
+
+
+def _study(folder, name: str, runs: dict, overrides: list[str]) -> None:
+    (folder / f"{name}.json").write_text(json.dumps({"clip": {"train": {"seed": 0}}, "overrides": overrides, "runs": runs}))
+
+
+def test_reprint_pools_a_study_run_in_parts_and_refuses_two_studies(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ablation, "RESULTS", tmp_path)
+    # seeds 0 and 1 in one file, seed 2 in another, seed 1's baseline in both (shared baselines)
+    _study(tmp_path, "first", {"seed0/baseline": _cam(40.0, 30.0), "seed0/otm": _cam(50.0, 10.0),
+                               "seed1/baseline": _cam(44.0, 28.0), "seed1/otm": _cam(48.0, 12.0)}, ["a=1"])
+    _study(tmp_path, "second", {"seed1/baseline": _cam(44.0, 28.0), "seed2/baseline": _cam(42.0, 26.0),
+                                "seed2/otm": _cam(55.0, 8.0)}, ["a=1"])
+    ablation.reprint(["first", "second"])
+    lines = capsys.readouterr().out.splitlines()
+    # gains +10, +4, +13 over three seeds: mean 9, population std sqrt(14)
+    assert "| otm CAM | 51.0 ± 2.9 (worst 48.0) | 9.0 ± 3.7 (worst 4.0) | 10.0 ± 1.6 (worst 12.0) % |" in lines
+    _study(tmp_path, "other", {"seed3/baseline": _cam(40.0, 30.0), "seed3/otm": _cam(50.0, 10.0)}, ["a=2"])
+    with pytest.raises(SystemExit, match="other.json: its CLIP or overrides differ from first.json's"):
+        ablation.reprint(["first", "other"])
+    _study(tmp_path, "clash", {"seed1/baseline": _cam(45.0, 28.0)}, ["a=1"])
+    with pytest.raises(SystemExit, match="clash.json: its seed1/baseline differs"):
+        ablation.reprint(["first", "clash"])
 
 
 def test_a_results_name_with_a_path_stops_before_anything_runs():

@@ -18,8 +18,9 @@ def test_default_tiny_clip_meets_its_goals(tmp_path, mlflow_uri):
     for key in ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked"):
         assert metrics[key] >= 0.90, key
     assert metrics["context_margin"] >= 0.3
-    # Measured on the default world (objects of 28-44 px): hole margin 0.49, part margin 0.66 (an
-    # object whole over its part alone: a head is not the bird), body margin 0.37 (a body left
-    # behind is still seen); the plain world's 14-22 px objects gave a hole margin of 0.20.
+    # Measured on the default world (objects of 28-44 px): hole margin 0.44, part margin 0.43 (an
+    # object whole over its part alone, which counts in part from 10 % of the object visible), body
+    # margin 0.28 (a body left behind is still seen). The former CLIP (object ramp [0.2, 0.7], no
+    # purity) gave 0.51, 0.67 and 0.37; the plain world's 14-22 px objects a hole margin of 0.20.
     assert metrics["hole_margin"] >= 0.3
-    assert metrics["part_margin"] >= 0.4 and metrics["body_margin"] >= 0.2
+    assert metrics["part_margin"] >= 0.3 and metrics["body_margin"] >= 0.2

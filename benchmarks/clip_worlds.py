@@ -2,12 +2,13 @@
 
     python benchmarks/clip_worlds.py SOURCE [SOURCE ...] [--out clip_worlds]
 
-prepare_clip probes the tiny CLIP on renders of its own world (`clip.train.cooccurrence`, its
-clutter), which is what its figures in metrics/clip.json say. The CAMs face the data's world
-(`dataset.cooccurrence`): a CLIP never shown an object on its context has few such pairs in its
-own renders to be probed on (9 of 328 objects with the default settings). This probes each
-SOURCE's CLIP (a folder where prepare_clip ran: its params.yaml and artifacts/clip) on both
-worlds, the same scenes count and seed, and writes benchmarks/results/<out>.json.
+prepare_clip probes the tiny CLIP on renders of the data's world (`dataset.cooccurrence`, its
+clutter), the one the CAMs face, and metrics/clip.json says so; it once probed it on renders of
+the CLIP's own world (`clip.train.cooccurrence`, `clip.train.clutter`), where a CLIP never shown an
+object on its context has few such pairs to be probed on (9 of 328 objects with the default
+settings). This probes each SOURCE's CLIP (a folder where prepare_clip ran: its params.yaml and
+artifacts/clip) on both worlds, the same scenes count and seed, and writes
+benchmarks/results/<out>.json: the figures of studies made before the change, side by side.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def probe(source: Path) -> dict:
         texts = clip.encode_texts(prompts(dataset.prompt_template, list(spec.classes) + list(spec.backgrounds)))
         pool = render_pool(spec, train.eval_scenes, train.seed, "clip-eval")  # the scenes prepare_clip probes on
         report = clip_report(clip, spec, pool, texts[: len(spec.classes)], texts[len(spec.classes):])
-        figures[world] = {key: report[key] for key in FIGURES}
+        figures[world] = {key: report[key] for key in FIGURES if key in report}
     return {"clip_train": params.clip.train.model_dump(mode="json"), "dataset_cooccurrence": dataset.cooccurrence, **figures}
 
 
@@ -58,8 +59,8 @@ def main() -> None:
     print(f"| figure | {' | '.join(f'{Path(s).name}: own world / data world' for s in results)} |")
     print(f"|---|{'---|' * len(results)}")
     for key in FIGURES:
-        cells = [f"{r['own'][key]:.3f} / {r['data'][key]:.3f}" if key != "eval_context_pairs"
-                 else f"{r['own'][key]} / {r['data'][key]}" for r in results.values()]
+        cells = [" / ".join("-" if key not in r[world] else f"{r[world][key]}" if key == "eval_context_pairs"
+                            else f"{r[world][key]:.3f}" for world in ("own", "data")) for r in results.values()]
         print(f"| {key} | {' | '.join(cells)} |")
     print(f"\nbenchmarks/results/{args.out}.json")
 

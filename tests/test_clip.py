@@ -197,6 +197,29 @@ def _zero_shot(clip, spec, prompts, pool):
     return clip_report(clip, spec, pool, texts[:k], texts[k:])
 
 
+def test_the_context_figures_are_left_out_where_no_object_sits_on_its_context():
+    """A world without co-occurrence (and no distractor patches) shows no context at all: the
+    report leaves the context figures out rather than fail or invent them."""
+    from pipeline.clip.views import render_pool
+    from pipeline.data.synthetic import WorldSpec
+
+    contexts = ("water", "rails", "sky", "road", "grass", "trees")
+    torch.manual_seed(0)
+    clip = clip_model.wrap(clip_model.build_tiny("test-context", SMALL), "test-context")
+    reports = {}
+    for cooccurrence in (0.0, 1.0):
+        spec = WorldSpec(64, ("boat", "train", "plane", "car", "cow", "bird"), contexts, contexts + ("sand", "wall", "snow"),
+                         cooccurrence=cooccurrence, distractor=0.0)
+        prompts = [f"a photo of {name}." for name in spec.classes + spec.backgrounds]
+        reports[cooccurrence] = _zero_shot(clip, spec, prompts, render_pool(spec, 6, 0, "clip-eval"))
+    never, always = reports[0.0], reports[1.0]
+    assert never["eval_context_pairs"] == 0 and never["eval_instances"] > 0
+    assert not {"context_margin", "cos_context_together_mean", "cos_context_alone_mean"} & set(never)
+    assert np.isfinite(never["hole_margin"]) and np.isfinite(never["object_top1"])
+    assert always["eval_context_pairs"] > 0
+    assert always["context_margin"] == pytest.approx(always["cos_context_together_mean"] - always["cos_context_alone_mean"])
+
+
 def test_tiny_clip_learns_on_a_short_run():
     """A few dozen steps on the world already lift zero-shot accuracy far above chance."""
     from pipeline.clip.train import train_tiny_clip

@@ -6,7 +6,8 @@
 - background_top1 / background_top1_masked: zero-shot over the background prompts, for a frame
   of one background kind and for the scene masked to each background region (>= 5 % of it).
 - context_margin: cosine with the context prompt of an object masked together with its
-  context, minus that of the object masked alone (CBS needs this to fire).
+  context, minus that of the object masked alone (CBS needs this to fire); left out, with the
+  other context figures, where no held-out object sits on its context (eval_context_pairs 0).
 - hole_margin: mean cosine with the class prompt of tight object crops, minus the 95th
   percentile of that cosine for scenes with the class cut out by its exact mask (BTM needs it).
 - part_margin: cosine with the class prompt of an object masked whole, minus that of its
@@ -86,10 +87,14 @@ def clip_report(
     alone_bg = _cosines(clip, scenes, as_masks(object_masks), background_texts)
 
     with_context = [n for n, m in enumerate(context_masks) if m is not None]
-    context_kind = torch.tensor([pool.contexts[instance_class[n]] for n in with_context])
-    together = _cosines(clip, scenes[with_context], as_masks([context_masks[n] for n in with_context]), background_texts)
-    rows = torch.arange(len(with_context))
-    context_margin = together[rows, context_kind] - alone_bg[with_context][rows, context_kind]
+    context = {}
+    if with_context:  # a world without co-occurrence may place no held-out object on its context
+        context_kind = torch.tensor([pool.contexts[instance_class[n]] for n in with_context])
+        together = _cosines(clip, scenes[with_context], as_masks([context_masks[n] for n in with_context]),
+                            background_texts)[torch.arange(len(with_context)), context_kind]
+        alone = alone_bg[with_context][torch.arange(len(with_context)), context_kind]
+        context = {"context_margin": float((together - alone).mean()), "cos_context_together_mean": float(together.mean()),
+                   "cos_context_alone_mean": float(alone.mean())}
 
     frames = torch.stack(
         [
@@ -116,7 +121,7 @@ def clip_report(
         "object_top1_masked": float((masked_cos.argmax(1) == cls).float().mean()),
         "background_top1": float((frame_cos.argmax(1) == frame_kind).float().mean()),
         "background_top1_masked": float((region_cos.argmax(1) == torch.tensor(region_kind)).float().mean()),
-        "context_margin": float(context_margin.mean()),
+        **context,
         "hole_margin": float(own_crop.mean() - torch.quantile(hole_cos[n, cls], 0.95)),
         "cos_object_crop_mean": float(own_crop.mean()),
         "cos_object_masked_mean": float(masked_cos[n, cls].mean()),
@@ -125,8 +130,6 @@ def clip_report(
         "body_margin": float((without_part - hole_cos[n, cls][with_part]).mean()),
         "cos_part_alone_mean": float(part_alone.mean()),
         "cos_without_part_mean": float(without_part.mean()),
-        "cos_context_together_mean": float(together[rows, context_kind].mean()),
-        "cos_context_alone_mean": float(alone_bg[with_context][rows, context_kind].mean()),
         "cos_object_vs_background_p95": float(torch.quantile(silent, 0.95)),
         "cos_object_vs_background_p99": float(torch.quantile(silent, 0.99)),
         "eval_instances": len(cls),

@@ -247,6 +247,10 @@ def test_tau_auto_is_halfway_between_the_clip_figures(tmp_path):
     assert resolve_tau(cfg.model_copy(update={"tau": 0.26}), figures)[0] == 0.26
     with pytest.raises(UserError, match="missing.json: missing"):
         resolve_tau(cfg, tmp_path / "missing.json")
+    # a CLIP probed where no object sat on its context: the figure is absent, and the error says why
+    figures.write_text(json.dumps({"cos_object_vs_background_p99": 0.1, "eval_context_pairs": 0}))
+    with pytest.raises(UserError, match=r"clip.json: lacks \['cos_context_together_mean'\] .*raise clip.train.eval_scenes"):
+        resolve_tau(cfg, figures)
 
 
 def test_voc_camera_ready_params_build_the_references_loss(tiny_clip):

@@ -28,7 +28,7 @@ def prompts(template: str, names: list[str]) -> list[str]:
 
 
 def clip_world(dataset, train) -> WorldSpec:
-    """The world the tiny CLIP learns from: the dataset's, with the CLIP's own
+    """The world the tiny CLIP learns from and is probed on: the dataset's, with the CLIP's own
     co-occurrence and clutter (a web-scale CLIP has seen birds whole, captioned as birds, and
     never learned that a bird's body without its head is nothing)."""
     return world_spec(dataset, train.cooccurrence, train.clutter)
@@ -124,9 +124,7 @@ def prepare_clip(params: Params, out: Path, previous: Path | None = None, log_lo
     }
     metrics = {f"train_{key}": value for key, value in meta.get("training", {}).items()}
     if dataset.name == "synthetic":
-        # probed on the data's world, the one the CAMs face: the tiny CLIP's own renders may show
-        # an object on its context seldom or never (clip.train.cooccurrence)
-        spec = world_spec(dataset)
+        spec = clip_world(dataset, cfg.train) if cfg.source == "tiny" else world_spec(dataset)
         world_texts = clip.encode_texts(prompts(template, list(spec.classes) + list(spec.backgrounds)))
         eval_pool = render_pool(spec, eval_count, seed, "clip-eval")
         metrics.update(clip_report(clip, spec, eval_pool, world_texts[: len(spec.classes)], world_texts[len(spec.classes) :]))

@@ -22,9 +22,7 @@ from common import REPO, results_name, write_results
 
 sys.path.insert(0, str(REPO))
 from pipeline.clip import model as clip_model  # noqa: E402
-from pipeline.clip.prepare import clip_world, prompts  # noqa: E402
-from pipeline.clip.probes import clip_report  # noqa: E402
-from pipeline.clip.views import render_pool  # noqa: E402
+from pipeline.clip.prepare import clip_world, probe_world  # noqa: E402
 from pipeline.data.prepare import world_spec  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 
@@ -41,9 +39,7 @@ def probe(source: Path) -> dict:
     dataset, train = params.dataset, params.clip.train
     figures = {}
     for world, spec in (("own", clip_world(dataset, train)), ("data", world_spec(dataset))):
-        texts = clip.encode_texts(prompts(dataset.prompt_template, list(spec.classes) + list(spec.backgrounds)))
-        pool = render_pool(spec, train.eval_scenes, train.seed, "clip-eval")  # the scenes prepare_clip probes on
-        report = clip_report(clip, spec, pool, texts[: len(spec.classes)], texts[len(spec.classes):])
+        report = probe_world(clip, spec, dataset.prompt_template, train.eval_scenes, train.seed)  # as prepare_clip does
         figures[world] = {key: report[key] for key in FIGURES if key in report}
     return {"clip_train": params.clip.train.model_dump(mode="json"), "dataset_cooccurrence": dataset.cooccurrence, **figures}
 

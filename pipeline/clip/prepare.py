@@ -34,6 +34,13 @@ def clip_world(dataset, train) -> WorldSpec:
     return world_spec(dataset, train.cooccurrence, train.clutter)
 
 
+def probe_world(clip, spec: WorldSpec, template: str, count: int, seed: int) -> dict[str, float]:
+    """clip_report on `count` held-out renders of `spec` (seeded by `seed`), with its own prompts."""
+    texts = clip.encode_texts(prompts(template, list(spec.classes) + list(spec.backgrounds)))
+    pool = render_pool(spec, count, seed, "clip-eval")
+    return clip_report(clip, spec, pool, texts[: len(spec.classes)], texts[len(spec.classes) :])
+
+
 def trained_from(params: Params) -> dict:
     """Everything the tiny CLIP's weights depend on: its settings, its world, its prompts and its
     training code, as clip.json reads it back (tuples as lists). Whether the shipped CLIP is taken
@@ -125,9 +132,7 @@ def prepare_clip(params: Params, out: Path, previous: Path | None = None, log_lo
     metrics = {f"train_{key}": value for key, value in meta.get("training", {}).items()}
     if dataset.name == "synthetic":
         spec = clip_world(dataset, cfg.train) if cfg.source == "tiny" else world_spec(dataset)
-        world_texts = clip.encode_texts(prompts(template, list(spec.classes) + list(spec.backgrounds)))
-        eval_pool = render_pool(spec, eval_count, seed, "clip-eval")
-        metrics.update(clip_report(clip, spec, eval_pool, world_texts[: len(spec.classes)], world_texts[len(spec.classes) :]))
+        metrics.update(probe_world(clip, spec, template, eval_count, seed))
     else:
         records = split_records(dataset, dataset.eval_split, limit=eval_count)
         metrics.update(dataset_report(clip, records, texts["class_embeddings"], texts["background_embeddings"]))

@@ -89,10 +89,11 @@ def clip_report(
     with_context = [n for n, m in enumerate(context_masks) if m is not None]
     context = {}
     if with_context:  # a world without co-occurrence may place no held-out object on its context
+        rows = torch.arange(len(with_context))
         context_kind = torch.tensor([pool.contexts[instance_class[n]] for n in with_context])
         together = _cosines(clip, scenes[with_context], as_masks([context_masks[n] for n in with_context]),
-                            background_texts)[torch.arange(len(with_context)), context_kind]
-        alone = alone_bg[with_context][torch.arange(len(with_context)), context_kind]
+                            background_texts)[rows, context_kind]
+        alone = alone_bg[with_context][rows, context_kind]
         context = {"context_margin": float((together - alone).mean()), "cos_context_together_mean": float(together.mean()),
                    "cos_context_alone_mean": float(alone.mean())}
 

@@ -203,24 +203,45 @@ def leak(per_seed: list[dict]) -> str:
     return spread([r["context_leak"] for r in per_seed], lower_is_better=True) + " %"
 
 
+WITHOUT_CBS = {"baseline", "otm", "otm_btm", "no_cbs"}
+TAU = "clims_loss.tau"
+
+
+def read_overrides(overrides: list[str], variant: str) -> tuple[str, ...]:
+    """The overrides a run of `variant` reads: a clip.* one shows in the results' CLIP figures
+    (compared apart), and tau only gates L_CBS."""
+    keys = [(o.split("=", 1)[0], o) for o in overrides]
+    return tuple(sorted(o for key, o in keys if not key.startswith("clip.") and not (key == TAU and variant in WITHOUT_CBS)))
+
+
 def reprint(names: list[str]) -> None:
     """The tables of benchmarks/results/<name>.json, pooled over the files of one study run in
-    parts (their CLIP and overrides must agree), from the seeds and variants they hold."""
-    runs, study = {}, None
+    parts, from the seeds and variants they hold. The files must share their CLIP, and the runs
+    the overrides they read: a run without L_CBS pools across files that differ only in tau."""
+    runs, clip = {}, None
+    with_cbs, any_run = {}, {}  # the overrides runs read -> the first file with such runs
     for name in names:
         path = RESULTS / f"{name}.json"
         if not path.exists():
             raise SystemExit(f"{path} does not exist")
         results = json.loads(path.read_text())
-        this = {key: results.get(key) for key in ("clip", "overrides")}
-        if study is not None and this != study[1]:
-            raise SystemExit(f"{path}: its CLIP or overrides differ from {study[0]}'s; not one study")
-        study = study or (path.name, this)
+        if clip is not None and results.get("clip") != clip[1]:
+            raise SystemExit(f"{path}: its CLIP differs from {clip[0]}'s; not one study")
+        clip = clip or (path.name, results.get("clip"))
         for key, run in results["runs"].items():
             run = run if "cam" in run else {"cam": run}  # the oldest files hold the CAM figures at the top level
             if key in runs and runs[key] != run:
                 raise SystemExit(f"{path}: its {key} differs from an earlier file's; not one study")
             runs[key] = run
+            variant = key.split("/")[1]
+            read = read_overrides(results.get("overrides", []), variant)
+            if variant not in WITHOUT_CBS:
+                with_cbs.setdefault(read, path.name)
+            any_run.setdefault(tuple(o for o in read if not o.startswith(f"{TAU}=")), path.name)
+        for found in (with_cbs, any_run):
+            if len(found) > 1:
+                raise SystemExit(f"{path}: its runs read other overrides than {next(iter(found.values()))}'s "
+                                 f"({' vs '.join(map(str, found))}); not one study")
     seeds = sorted({int(key.split("/")[0].removeprefix("seed")) for key in runs})
     variants = [v for v in VARIANTS if all(f"seed{s}/{v}" in runs for s in seeds)]
     print_table(runs, seeds, variants)

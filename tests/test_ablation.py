@@ -69,8 +69,11 @@ def test_reprint_pools_a_study_run_in_parts_and_refuses_two_studies(tmp_path, mo
     # gains +10, +4, +13 over three seeds: mean 9, population std sqrt(14)
     assert "| otm CAM | 51.0 ± 2.9 (worst 48.0) | 9.0 ± 3.7 (worst 4.0) | 10.0 ± 1.6 (worst 12.0) % |" in lines
     _study(tmp_path, "other", {"seed3/baseline": _cam(40.0, 30.0), "seed3/otm": _cam(50.0, 10.0)}, ["a=2"])
-    with pytest.raises(SystemExit, match="other.json: its CLIP or overrides differ from first.json's"):
+    with pytest.raises(SystemExit, match=r"other.json: its runs read other overrides than first.json's \(\('a=1',\) vs \('a=2',\)\)"):
         ablation.reprint(["first", "other"])
+    (tmp_path / "another_clip.json").write_text(json.dumps({"clip": {"train": {"seed": 1}}, "overrides": ["a=1"], "runs": {}}))
+    with pytest.raises(SystemExit, match="another_clip.json: its CLIP differs from first.json's"):
+        ablation.reprint(["first", "another_clip"])
     _study(tmp_path, "clash", {"seed1/baseline": _cam(45.0, 28.0)}, ["a=1"])
     with pytest.raises(SystemExit, match="clash.json: its seed1/baseline differs"):
         ablation.reprint(["first", "clash"])
@@ -104,3 +107,21 @@ def test_an_earlier_baseline_is_reused_only_when_trained_with_the_same_params(tm
     other_world = {**base_params, "dataset": {**base_params["dataset"], "seed": 7}}
     with pytest.raises(SystemExit, match=r"trained with other params \(dataset\)"):
         earlier_baseline(folder, other_world)
+
+
+def test_reprint_pools_runs_without_cbs_across_taus_but_not_runs_with_it(tmp_path, monkeypatch, capsys):
+    """tau gates L_CBS only: OTM and OTM+BTM runs from a study at another tau are the same runs;
+    a clip.* override is compared through the CLIP's figures, not as text."""
+    monkeypatch.setattr(ablation, "RESULTS", tmp_path)
+    baselines = {f"seed{s}/baseline": _cam(40.0 + s, 30.0) for s in (0, 1)}
+    _study(tmp_path, "sequence", {**baselines, "seed0/otm": _cam(50.0, 10.0), "seed1/otm": _cam(49.0, 12.0)},
+           ["clip.train.purity=0.6"])
+    _study(tmp_path, "cbs_at_tau", {**baselines, "seed0/otm_btm_cbs": _cam(60.0, 5.0), "seed1/otm_btm_cbs": _cam(57.0, 7.0)},
+           ["clims_loss.tau=0.37"])
+    ablation.reprint(["sequence", "cbs_at_tau"])
+    lines = capsys.readouterr().out.splitlines()
+    # OTM+BTM+CBS over OTM: +10 and +8
+    assert "| otm_btm_cbs CAM | 58.5 ± 1.5 (worst 57.0) | 9.0 ± 1.0 (worst 8.0) | 6.0 ± 1.0 (worst 7.0) % |" in lines
+    _study(tmp_path, "full_at_auto", {**baselines, "seed0/full": _cam(61.0, 4.0), "seed1/full": _cam(58.0, 6.0)}, [])
+    with pytest.raises(SystemExit, match=r"full_at_auto.json: its runs read other overrides than cbs_at_tau.json's"):
+        ablation.reprint(["sequence", "cbs_at_tau", "full_at_auto"])

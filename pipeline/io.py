@@ -87,24 +87,22 @@ def write_json(path: str | Path, data) -> None:
 NET_WEIGHTS, NET_META = "weights.pt", "net.json"
 
 
-WALL_CLOCK_KEYS = ("seconds",)
-
-
-def without_wall_clock(history: list[dict]) -> list[dict]:
-    """A training history as a rerun repeats it: per-epoch wall times left out."""
-    return [{k: v for k, v in row.items() if k not in WALL_CLOCK_KEYS} for row in history]
+def as_trained(history: list[dict]) -> list[dict]:
+    """A training history as any run that trains the same weights repeats it: without the
+    per-epoch wall times and the epoch a resumed run started from (MLflow keeps both)."""
+    return [{k: v for k, v in row.items() if k not in ("seconds", "start_epoch")} for row in history]
 
 
 def save_net_folder(folder: str | Path, net, meta: dict) -> None:
     """A trained net as a folder: `weights.pt` (a plain state dict of CPU tensors, loadable with
-    weights_only=True) and `net.json` (`meta`: what builds the architecture, plus its history).
-    The history is kept without wall times, so that a rerun that trains the same weights writes
-    the same folder and DVC does not rerun the stages after it."""
+    weights_only=True) and `net.json` (`meta`: what builds the architecture, plus its history as
+    trained), so that a rerun, or a run resumed after a kill, that trains the same weights writes
+    the same folder byte for byte and DVC does not rerun the stages after it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_torch(folder / NET_WEIGHTS, {k: v.cpu() for k, v in net.state_dict().items()})
     if "history" in meta:
-        meta = {**meta, "history": without_wall_clock(meta["history"])}
+        meta = {**meta, "history": as_trained(meta["history"])}
     write_json(folder / NET_META, meta)
 
 

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.io import atomic_path, without_wall_clock, write_json
+from pipeline.io import atomic_path, write_json
 
 
 def write_curve(path: Path, rows: list[dict]) -> None:
@@ -23,7 +23,7 @@ def log_history(run, stage: str, history: list[dict], extra: dict | None = None)
     An epoch's wall time goes to MLflow only: the versioned files hold what a rerun repeats."""
     for row in history:
         run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-    history = without_wall_clock(history)
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in history]
     write_curve(layout.PLOTS_DIR / f"{stage}.csv", history)
     write_metrics(run, stage, {**history[-1], **(extra or {})})
     run.log_metrics(extra or {})

@@ -45,10 +45,14 @@ def test_a_local_run_trains_the_same_net_as_a_one_worker_ray_run(world, ray_sess
     on_ray = params.model_copy(update={"distributed": params.distributed.model_copy(update={"launcher": "ray"})})
     train(on_ray, "baseline", root / "data" / "train.parquet", root / "ray", name="ray")
     assert same_weights(weights(root / "local"), weights(root / "ray"))
-    # byte for byte, net.json included: a rerun that trains the same net leaves DVC's hash of
-    # the folder as it was, so the stages after it are not rerun
+    same_files(root / "local", root / "ray")
+
+
+def same_files(a, b) -> None:
+    """Two net folders byte for byte, net.json included: a rerun that trains the same net leaves
+    DVC's hash of the folder as it was, so the stages after it are not rerun."""
     for name in (NET_WEIGHTS, NET_META):
-        assert file_digest(root / "local" / name) == file_digest(root / "ray" / name), name
+        assert file_digest(a / name) == file_digest(b / name), name
 
 
 def killed_after_epoch_1(params, root, name: str, monkeypatch) -> None:
@@ -74,6 +78,7 @@ def test_a_killed_local_run_resumes_from_its_state_file(world, monkeypatch):
     history = train(params, "baseline", root / "data" / "train.parquet", root / "killed", name="killed")
     assert [row["start_epoch"] for row in history] == [0, 1, 1]  # epochs 2 and 3 after resuming from epoch 1
     assert same_weights(weights(root / "killed"), weights(root / "whole"))
+    same_files(root / "killed", root / "whole")  # the net folder does not tell that it was resumed
 
 
 def test_a_local_run_checkpoints_into_an_object_store_and_resumes_from_it(world, monkeypatch):

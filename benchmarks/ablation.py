@@ -30,6 +30,7 @@ context: where a row's swing from seed to seed comes from.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -53,6 +54,7 @@ VARIANTS = {
 }
 DEFAULT_VARIANTS = ["otm", "otm_btm", "otm_btm_cbs", "full"]
 SHARED = ("data", "artifacts/clip", "metrics/clip.json")
+CLIP_WEIGHTS = "artifacts/clip/weights.pt"
 SEED_KEYS = ("train_cam.seed", "train_clims.seed", "train_irn.seed")
 
 
@@ -203,13 +205,21 @@ def leak(per_seed: list[dict]) -> str:
     return spread([r["context_leak"] for r in per_seed], lower_is_better=True) + " %"
 
 
-WITHOUT_CBS = {"baseline", "otm", "otm_btm", "no_cbs"}
+WITHOUT_CBS = {"baseline"} | {name for name, changed in VARIANTS.items() if changed.get("clims_loss.weights.cbs") == 0.0}
 TAU = "clims_loss.tau"
 
 
+def same_clip(a: dict, b: dict) -> bool:
+    """Whether two results files' runs shared one CLIP: the same training settings and final loss,
+    and the same weights where both record them. Not its probe figures, which depend on the world
+    it was probed on."""
+    keys = ["train", "train_final_loss"] + (["weights_sha256"] if "weights_sha256" in a and "weights_sha256" in b else [])
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
 def read_overrides(overrides: list[str], variant: str) -> tuple[str, ...]:
-    """The overrides a run of `variant` reads: a clip.* one shows in the results' CLIP figures
-    (compared apart), and tau only gates L_CBS."""
+    """The overrides a run of `variant` reads: not a clip.* one (an earlier file's; the runs share
+    --source's CLIP, compared apart), and tau only where L_CBS is on."""
     keys = [(o.split("=", 1)[0], o) for o in overrides]
     return tuple(sorted(o for key, o in keys if not key.startswith("clip.") and not (key == TAU and variant in WITHOUT_CBS)))
 
@@ -225,7 +235,7 @@ def reprint(names: list[str]) -> None:
         if not path.exists():
             raise SystemExit(f"{path} does not exist")
         results = json.loads(path.read_text())
-        if clip is not None and results.get("clip") != clip[1]:
+        if clip is not None and not same_clip(results.get("clip", {}), clip[1]):
             raise SystemExit(f"{path}: its CLIP differs from {clip[0]}'s; not one study")
         clip = clip or (path.name, results.get("clip"))
         for key, run in results["runs"].items():
@@ -234,7 +244,7 @@ def reprint(names: list[str]) -> None:
                 raise SystemExit(f"{path}: its {key} differs from an earlier file's; not one study")
             runs[key] = run
             variant = key.split("/")[1]
-            read = read_overrides(results.get("overrides", []), variant)
+            read = read_overrides(results["overrides"], variant)
             if variant not in WITHOUT_CBS:
                 with_cbs.setdefault(read, path.name)
             any_run.setdefault(tuple(o for o in read if not o.startswith(f"{TAU}=")), path.name)
@@ -265,8 +275,12 @@ def main() -> None:
         if not (source / path).exists():
             raise SystemExit(f"{source / path} is missing: run `dvc repro prepare_data prepare_clip` there first")
     base = apply_overrides(yaml.safe_load((source / "params.yaml").read_text()), args.overrides)
-    # which CLIP the runs share: its training settings and its figures
-    clip = {"train": base["clip"]["train"], **json.loads((source / "metrics" / "clip.json").read_text())}
+    sourced = yaml.safe_load((source / "params.yaml").read_text())
+    if base["clip"] != sourced["clip"]:  # a clip.* override would change only what the results say
+        raise SystemExit(f"-S clip.*: the runs share the CLIP of {source} (as its params.yaml says); train the CLIP you want there")
+    # which CLIP the runs share: its training settings, its weights and its figures
+    clip = {"train": base["clip"]["train"], "weights_sha256": hashlib.sha256((source / CLIP_WEIGHTS).read_bytes()).hexdigest(),
+            **json.loads((source / "metrics" / "clip.json").read_text())}
 
     runs: dict[str, dict] = {}
     root = Path(tempfile.mkdtemp(prefix="ablation_"))

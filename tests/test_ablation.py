@@ -53,8 +53,9 @@ def test_a_rows_gain_is_split_into_the_classes_that_kept_their_context_state_and
     assert "| otm CAM | 5.0 ± 1.0 (worst 4.0) | -1.0 ± 4.0 (worst -5.0) | seed 0: boat off; seed 1: car onto |" in lines
 
 
-def _study(folder, name: str, runs: dict, overrides: list[str]) -> None:
-    (folder / f"{name}.json").write_text(json.dumps({"clip": {"train": {"seed": 0}}, "overrides": overrides, "runs": runs}))
+def _study(folder, name: str, runs: dict, overrides: list[str], **clip) -> None:
+    clip = {"train": {"seed": 0}, "train_final_loss": 0.09, **clip}
+    (folder / f"{name}.json").write_text(json.dumps({"clip": clip, "overrides": overrides, "runs": runs}))
 
 
 def test_reprint_pools_a_study_run_in_parts_and_refuses_two_studies(tmp_path, monkeypatch, capsys):
@@ -71,7 +72,7 @@ def test_reprint_pools_a_study_run_in_parts_and_refuses_two_studies(tmp_path, mo
     _study(tmp_path, "other", {"seed3/baseline": _cam(40.0, 30.0), "seed3/otm": _cam(50.0, 10.0)}, ["a=2"])
     with pytest.raises(SystemExit, match=r"other.json: its runs read other overrides than first.json's \(\('a=1',\) vs \('a=2',\)\)"):
         ablation.reprint(["first", "other"])
-    (tmp_path / "another_clip.json").write_text(json.dumps({"clip": {"train": {"seed": 1}}, "overrides": ["a=1"], "runs": {}}))
+    _study(tmp_path, "another_clip", {}, ["a=1"], train={"seed": 1})
     with pytest.raises(SystemExit, match="another_clip.json: its CLIP differs from first.json's"):
         ablation.reprint(["first", "another_clip"])
     _study(tmp_path, "clash", {"seed1/baseline": _cam(45.0, 28.0)}, ["a=1"])
@@ -110,14 +111,15 @@ def test_an_earlier_baseline_is_reused_only_when_trained_with_the_same_params(tm
 
 
 def test_reprint_pools_runs_without_cbs_across_taus_but_not_runs_with_it(tmp_path, monkeypatch, capsys):
-    """tau gates L_CBS only: OTM and OTM+BTM runs from a study at another tau are the same runs;
-    a clip.* override is compared through the CLIP's figures, not as text."""
+    """tau gates L_CBS only: OTM and OTM+BTM runs from a study at another tau are the same runs.
+    The CLIP is compared by how it was trained, not by its text overrides or by its figures,
+    which change with the world it was probed on."""
     monkeypatch.setattr(ablation, "RESULTS", tmp_path)
     baselines = {f"seed{s}/baseline": _cam(40.0 + s, 30.0) for s in (0, 1)}
     _study(tmp_path, "sequence", {**baselines, "seed0/otm": _cam(50.0, 10.0), "seed1/otm": _cam(49.0, 12.0)},
-           ["clip.train.purity=0.6"])
+           ["clip.train.purity=0.6"], eval_context_pairs=9)
     _study(tmp_path, "cbs_at_tau", {**baselines, "seed0/otm_btm_cbs": _cam(60.0, 5.0), "seed1/otm_btm_cbs": _cam(57.0, 7.0)},
-           ["clims_loss.tau=0.37"])
+           ["clims_loss.tau=0.37"], eval_context_pairs=283, weights_sha256="ab")
     ablation.reprint(["sequence", "cbs_at_tau"])
     lines = capsys.readouterr().out.splitlines()
     # OTM+BTM+CBS over OTM: +10 and +8
@@ -125,3 +127,18 @@ def test_reprint_pools_runs_without_cbs_across_taus_but_not_runs_with_it(tmp_pat
     _study(tmp_path, "full_at_auto", {**baselines, "seed0/full": _cam(61.0, 4.0), "seed1/full": _cam(58.0, 6.0)}, [])
     with pytest.raises(SystemExit, match=r"full_at_auto.json: its runs read other overrides than cbs_at_tau.json's"):
         ablation.reprint(["sequence", "cbs_at_tau", "full_at_auto"])
+    _study(tmp_path, "other_weights", {}, ["clims_loss.tau=0.37"], weights_sha256="cd")
+    with pytest.raises(SystemExit, match="other_weights.json: its CLIP differs from cbs_at_tau.json's"):
+        ablation.reprint(["cbs_at_tau", "other_weights"])
+
+
+def test_a_clip_override_unlike_the_sources_clip_stops_before_anything_runs(tmp_path):
+    # the runs share --source's CLIP: an override that differs would change only what the results say
+    for shared in ablation.SHARED:
+        (tmp_path / shared).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    purity = yaml.safe_load((REPO / "params.yaml").read_text())["clip"]["train"]["purity"]
+    command = [sys.executable, str(REPO / "benchmarks" / "ablation.py"), "--source", str(tmp_path), "--seeds", "0", "--variants", "otm"]
+    result = subprocess.run([*command, "-S", f"clip.train.purity={purity / 2}"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1 and f"-S clip.*: the runs share the CLIP of {tmp_path}" in result.stderr
+    assert "run folders" not in result.stdout

@@ -2,13 +2,13 @@
 
     python benchmarks/clip_worlds.py SOURCE [SOURCE ...] [--out clip_worlds]
 
-prepare_clip probes the tiny CLIP on renders of the data's world (`dataset.cooccurrence`, its
-clutter), the one the CAMs face, and `clims_loss.tau: auto` is set from two of its figures
-(pipeline/cam/tau.py); it once probed it on renders of the CLIP's own world
-(`clip.train.cooccurrence`, `clip.train.clutter`), where a CLIP never shown an object on its
-context has few such pairs to be probed on (9 of 328 objects with the default settings). This
-probes each SOURCE's CLIP (a folder where prepare_clip ran: its params.yaml and artifacts/clip) on
-both worlds, the same scenes count and seed, and writes benchmarks/results/<out>.json.
+prepare_clip probes the tiny CLIP on renders of its own world (`clip.train.cooccurrence`, its
+clutter), which is what its figures in metrics/clip.json say. The CAMs face the data's world
+(`dataset.cooccurrence`): a CLIP never shown an object on its context has few such pairs in its
+own renders to be probed on (9 of 328 objects with the default settings), and `clims_loss.tau:
+auto` is set from two of these figures (pipeline/cam/tau.py). This probes each
+SOURCE's CLIP (a folder where prepare_clip ran: its params.yaml and artifacts/clip) on both
+worlds, the same scenes count and seed, and writes benchmarks/results/<out>.json.
 """
 from __future__ import annotations
 

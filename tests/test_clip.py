@@ -446,21 +446,6 @@ def test_a_rerun_takes_over_the_tiny_clip_only_when_its_renders_are_the_same(tmp
     assert retrained == [0, 1, 2]
 
 
-def test_the_tiny_clip_is_probed_on_the_world_the_cams_face(tmp_path, base_params):
-    """The CLIP never sees an object on its context (clip.train.cooccurrence 0); the data do. The
-    context figures, which clims_loss.tau 'auto' reads, count the data's objects on their context."""
-    raw = micro_clip(base_params)
-    raw["clip"]["train"]["cooccurrence"] = 0.0
-    raw["dataset"].update(cooccurrence=1.0)
-    run = prepare_clip_runner(tmp_path)
-    on_context, _, _ = run(raw, "on_context")
-    assert on_context["eval_context_pairs"] == on_context["eval_instances"] > 0  # every held-out object on its context
-    assert {"context_margin", "cos_context_together_mean"} <= set(on_context)
-    raw["dataset"].update(cooccurrence=0.0)  # the same CLIP (it learns from its own co-occurrence), objects off their contexts
-    alone, retrained, _ = run(raw, "alone", "on_context")
-    assert retrained == [] and alone["eval_context_pairs"] < on_context["eval_context_pairs"]
-
-
 def test_a_shipped_clip_is_taken_over_bit_for_bit_and_only_from_its_own_settings(tmp_path, base_params, monkeypatch):
     """A shipped CLIP holds only the token rows its prompts use; taken over, it is the trained
     CLIP to the bit. Any other setting, or `clip.shipped: false`, trains one."""

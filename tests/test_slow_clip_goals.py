@@ -15,14 +15,12 @@ def test_default_tiny_clip_meets_its_goals(tmp_path, mlflow_uri):
     result = run_stage("prepare_clip", tmp_path, mlflow_uri, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics" / "clip.json").read_text())
-    # Probed on the data's world (objects of 28-44 px, 85 % of them on their context): object top1
-    # 0.85 for a tight crop (purity lowers a crop that shows ground; 0.997 for the object masked),
-    # context margin 0.51, hole margin 0.29, part margin 0.42 (an object whole over its part alone,
-    # which counts in part from 10 % of the object visible), body margin 0.19 (a body left behind is
-    # still seen). On its own renders the same CLIP gives 0.99, 0.60, 0.44, 0.43 and 0.28.
-    assert metrics["object_top1"] >= 0.8
-    for key in ("object_top1_masked", "background_top1", "background_top1_masked"):
+    for key in ("object_top1", "object_top1_masked", "background_top1", "background_top1_masked"):
         assert metrics[key] >= 0.90, key
     assert metrics["context_margin"] >= 0.3
-    assert metrics["hole_margin"] >= 0.2
-    assert metrics["part_margin"] >= 0.3 and metrics["body_margin"] >= 0.15
+    # Measured on the default world (objects of 28-44 px): hole margin 0.44, part margin 0.43 (an
+    # object whole over its part alone, which counts in part from 10 % of the object visible), body
+    # margin 0.28 (a body left behind is still seen). The former CLIP (object ramp [0.2, 0.7], no
+    # purity) gave 0.51, 0.67 and 0.37; the plain world's 14-22 px objects a hole margin of 0.20.
+    assert metrics["hole_margin"] >= 0.3
+    assert metrics["part_margin"] >= 0.3 and metrics["body_margin"] >= 0.2

@@ -18,7 +18,9 @@ SMALL = {
             "vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
             "text": {"context_length": 16, "width": 32, "heads": 2, "layers": 1},
         },
-        "train": {"steps": 3, "batch_size": 8, "pool_size": 16, "eval_scenes": 10, "warmup_steps": 1},
+        # co-occurrence as the data's: with the default's 0, its 10 held-out renders would show no
+        # object on its context, which clims_loss.tau 'auto' reads
+        "train": {"steps": 3, "batch_size": 8, "pool_size": 16, "eval_scenes": 10, "warmup_steps": 1, "cooccurrence": 0.85},
     },
     "backbone/small_resnet.yaml": {"widths": [8, 8, 16, 16]},
     "config.yaml": {

@@ -20,8 +20,8 @@ def resolve_tau(loss_cfg, clip_metrics: Path) -> tuple[float, dict]:
     figures = json.loads(clip_metrics.read_text())
     missing = [k for k in (TAU_LOW, TAU_HIGH) if k not in figures]
     if missing:
-        why = " (no held-out render of the data's world showed an object on its context: raise" \
-              " clip.train.eval_scenes, or dataset.cooccurrence)" if figures.get("eval_context_pairs") == 0 else ""
+        why = " (no held-out render showed an object on its context: raise clip.train.eval_scenes)" \
+            if figures.get("eval_context_pairs") == 0 else ""
         raise UserError(f"{clip_metrics}: lacks {missing} for clims_loss.tau 'auto'{why}; set tau to a number")
     low, high = figures[TAU_LOW], figures[TAU_HIGH]
     return (low + high) / 2, {f"tau_{TAU_LOW}": low, f"tau_{TAU_HIGH}": high}

@@ -28,7 +28,7 @@ def prompts(template: str, names: list[str]) -> list[str]:
 
 
 def clip_world(dataset, train) -> WorldSpec:
-    """The world the tiny CLIP learns from: the dataset's, with the CLIP's own
+    """The world the tiny CLIP learns from and is probed on: the dataset's, with the CLIP's own
     co-occurrence and clutter (a web-scale CLIP has seen birds whole, captioned as birds, and
     never learned that a bird's body without its head is nothing)."""
     return world_spec(dataset, train.cooccurrence, train.clutter)
@@ -131,10 +131,8 @@ def prepare_clip(params: Params, out: Path, previous: Path | None = None, log_lo
     }
     metrics = {f"train_{key}": value for key, value in meta.get("training", {}).items()}
     if dataset.name == "synthetic":
-        # probed on the data's world, the one the CAMs face: the tiny CLIP's own renders show an
-        # object on its context seldom or never (clip.train.cooccurrence), and clims_loss.tau
-        # 'auto' is set from the context figures
-        metrics.update(probe_world(clip, world_spec(dataset), template, eval_count, seed))
+        spec = clip_world(dataset, cfg.train) if cfg.source == "tiny" else world_spec(dataset)
+        metrics.update(probe_world(clip, spec, template, eval_count, seed))
     else:
         records = split_records(dataset, dataset.eval_split, limit=eval_count)
         metrics.update(dataset_report(clip, records, texts["class_embeddings"], texts["background_embeddings"]))

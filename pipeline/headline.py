@@ -16,6 +16,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "clip": ("object_top1", "context_margin", "hole_margin"),
     "cam_baseline": ("miou", "context_leak", "best_threshold", "miou_at_fixed_threshold"),
     "cam_clims": ("miou", "context_leak", "best_threshold", "mask_miou", "miou_at_fixed_threshold"),
+    "train_clims": ("tau",),  # L_CBS's threshold: derived from the CLIP's figures, it moves every figure after it
     "ir_labels": ("miou", "coverage"),
     "pseudo_labels": ("miou", "context_leak"),
     "segmentation": ("miou", "context_leak"),
@@ -67,7 +68,10 @@ def check_claims(figures: Mapping[str, float]) -> dict[str, bool | None]:
 
 def _row_label(record: str, label: str, figures: Mapping[str, float]) -> str:
     if f"{record}.best_threshold" in figures:
-        return label.replace("best threshold", f"best threshold {figures[f'{record}.best_threshold']:.2f}")
+        label = label.replace("best threshold", f"best threshold {figures[f'{record}.best_threshold']:.2f}")
+        if record == "cam_clims" and "train_clims.tau" in figures:
+            label = label.replace(")", f", tau {figures['train_clims.tau']:.3f})")
+        return label
     if f"{record}.coverage" in figures:
         return f"{label} ({figures[f'{record}.coverage']:.1f} % of pixels)"
     return label

@@ -128,10 +128,11 @@ def test_clims_report_prints_the_headline_table(tmp_path, capsys):
     (tmp_path / "cam_clims.json").write_text(json.dumps({"miou": 57.46, "context_leak": 17.4, "best_threshold": 0.3,
                                                        "iou": {"boat": 1.0}}))
     (tmp_path / "ir_labels.json").write_text(json.dumps({"miou": 60.0, "coverage": 97.36}))
+    (tmp_path / "train_clims.json").write_text(json.dumps({"loss": 9.3, "tau": 0.41253}))
     main(["report", "--metrics", str(tmp_path)])
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
     assert "baseline CAM (train, best threshold 0.50) 41.1 27.9 %" in lines
-    assert "CLIMS CAM (train, best threshold 0.30) 57.5 17.4 %" in lines
+    assert "CLIMS CAM (train, best threshold 0.30, tau 0.413) 57.5 17.4 %" in lines
     assert "IR labels, where labelled (97.4 % of pixels) 60.0" in lines
     assert "pseudo labels (train) -" in lines
     assert "CLIMS CAM >= baseline CAM + 5 mIoU yes" in lines and "pseudo labels > CLIMS CAM -" in lines

@@ -70,7 +70,8 @@ def study(commit: str, args, runs: list[dict]) -> dict:
 def print_summary(report: dict, runs: list[dict]) -> None:
     print(f"\n{'figure':32s} {'mean':>7s} {'std':>6s} {'worst':>7s}   over {len(runs)} runs varying {report['vary']} seeds")
     for key, row in report["summary"].items():
-        print(f"{key:32s} {row['mean']:7.2f} {row['std']:6.2f} {row['worst']:7.2f}")
+        fewer = f"   on {row['runs']} of them" if row.get("runs", len(runs)) < len(runs) else ""  # a figure older runs lack
+        print(f"{key:32s} {row['mean']:7.2f} {row['std']:6.2f} {row['worst']:7.2f}{fewer}")
     for claim, held in report["claims_held"].items():
         print(f"{claim:50s} held on {held} of {len(runs)} runs")
 

@@ -32,6 +32,7 @@ def test_summary_over_two_files_and_the_committed_metrics(tmp_path, capsys):
     committed.mkdir()
     (committed / "cam_baseline.json").write_text(json.dumps({"miou": 42.0, "context_leak": 30.0}))
     (committed / "cam_clims.json").write_text(json.dumps({"miou": 58.0, "context_leak": 9.0}))
+    (committed / "train_clims.json").write_text(json.dumps({"tau": 0.41}))  # a figure the older runs lack
 
     report = summarize([first, second], committed)
 
@@ -44,6 +45,9 @@ def test_summary_over_two_files_and_the_committed_metrics(tmp_path, capsys):
     assert held["CLIMS CAM >= baseline CAM + 5 mIoU"] == 3 and held["CLIMS context leak < baseline's"] == 4
     out = capsys.readouterr().out
     assert "seed 0: metrics/ (committed), processor not recorded" in out and "seed 3: b.json @ 00000000, test cpu" in out
+    assert report["summary"]["train_clims.tau"]["runs"] == 1
+    assert [" ".join(line.split()) for line in out.splitlines() if line.startswith("train_clims.tau")] == [
+        "train_clims.tau 0.41 0.00 0.41 on 1 of them"]
 
 
 def test_studies_of_other_seeds_or_settings_do_not_mix(tmp_path):

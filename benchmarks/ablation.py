@@ -274,8 +274,8 @@ def main() -> None:
     for path in SHARED:
         if not (source / path).exists():
             raise SystemExit(f"{source / path} is missing: run `dvc repro prepare_data prepare_clip` there first")
-    base = apply_overrides(yaml.safe_load((source / "params.yaml").read_text()), args.overrides)
     sourced = yaml.safe_load((source / "params.yaml").read_text())
+    base = apply_overrides(json.loads(json.dumps(sourced)), args.overrides)  # a copy: applied in place
     if base["clip"] != sourced["clip"]:  # a clip.* override would change only what the results say
         raise SystemExit(f"-S clip.*: the runs share the CLIP of {source} (as its params.yaml says); train the CLIP you want there")
     # which CLIP the runs share: its training settings, its weights and its figures
